@@ -1,0 +1,117 @@
+"""Schemas of the `algo` group: one dataclass per algorithm family, shared training fields in `TrainConfig`.
+
+Batch fields say what they count: `train_batch_samples` is the number of samples (sequences; pairs for
+preference algorithms) in one optimizer step across all data-parallel ranks, `micro_batch_per_gpu` the number
+one rank runs through forward/backward at once. Gradient accumulation follows from them in `resolve_plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainConfig:
+    # Registry key of the algorithm (rlhf/algos/registry.py maps it to a family and an objective).
+    name: str = MISSING
+    lr: float = 1e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    max_grad_norm: float = 1.0
+    train_batch_samples: int = 32
+    micro_batch_per_gpu: int = 4
+    epochs: int = 1
+    # Stop after this many optimizer steps (None: run all epochs).
+    max_steps: Optional[int] = None
+    eval_every: int = 0
+    # Save resumable training state every N optimizer steps (0: only the final model).
+    save_every: int = 0
+    # Keep at most this many training-state checkpoints (the newest).
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    name: str = "sft"
+    # Continued pre-training: loss on every token of plain text rows (input_key holds the text).
+    pretrain_mode: bool = False
+
+
+@dataclass
+class RewardModelConfig(TrainConfig):
+    name: str = "rm"
+    # Row key of a per-pair margin (Llama-2 style margin loss); None: plain Bradley-Terry.
+    margin_key: Optional[str] = None
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    name: str = "dpo"
+    beta: float = 0.1
+    # sigmoid (DPO; cDPO with label_smoothing > 0) or ipo.
+    loss: str = "sigmoid"
+    # cDPO: assumed probability that a preference label is flipped.
+    label_smoothing: float = 0.0
+    # Add the chosen responses' NLL to the loss with this weight (RPO-style regularizer); 0 disables.
+    nll_coef: float = 0.0
+    # Reference model (None: the policy's initial weights).
+    ref_name_or_path: Optional[str] = None
+
+
+@dataclass
+class KTOConfig(TrainConfig):
+    name: str = "kto"
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    ref_name_or_path: Optional[str] = None
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """On-policy RL (PPO, REINFORCE++, RLOO, GRPO, Dr.GRPO). A step = one rollout batch and its updates."""
+
+    name: str = "grpo"
+    # Advantage estimator (rlhf/algos/advantages.py): gae, reinforce_pp, reinforce_pp_baseline, rloo, grpo, dr_grpo.
+    advantage: str = "grpo"
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    # Passes over each rollout batch (PPO epochs).
+    update_epochs: int = 1
+    gamma: float = 1.0
+    lam: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    # Dual-clip constant for negative advantages (> 1), None disables.
+    dual_clip: Optional[float] = None
+    # Loss aggregation (rlhf/algos/aggregate.py): token_mean, seq_mean_token_mean, seq_mean_token_sum,
+    # seq_mean_token_sum_norm.
+    loss_agg: str = "token_mean"
+    # KL to the reference model: coefficient 0 loads no reference model.
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    # reward: KL penalty folded into per-token rewards; loss: a KL term in the policy loss.
+    kl_in: str = "loss"
+    # Adaptive KL controller target (None: fixed coefficient).
+    kl_target: Optional[float] = None
+    kl_horizon: int = 10000
+    entropy_coef: float = 0.0
+    # Critic (gae only).
+    critic_lr: float = 5e-6
+    value_clip: Optional[float] = 0.2
+    # Reward shaping.
+    reward_clip: Optional[float] = None
+    normalize_reward: bool = False
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    # DAPO dynamic sampling: drop groups whose rewards are all equal (no signal).
+    dynamic_filtering: bool = False
+    # Warn when rollout-engine and trainer log-probs differ by more than this (mean abs per token).
+    logprob_mismatch_warn: float = 0.05

@@ -1,0 +1,28 @@
+"""Schema of the `rollout` group: how responses are generated for on-policy algorithms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RolloutConfig:
+    # hf: transformers generate inside the actor (CPU and small GPUs); vllm: vLLM engines as Ray actors.
+    backend: str = "hf"
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    # Keep generating past EOS (fixed-length responses, for benchmarks).
+    ignore_eos: bool = False
+    # HF backend: prompts generated at once.
+    generate_batch: int = 64
+    # vLLM backend.
+    num_engines: int = 1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    # Free the engine's weights and KV cache while training runs on the same GPUs.
+    enable_sleep: bool = True
+    enforce_eager: bool = False
+    # Weight sync: auto picks in-process/IPC when colocated and NCCL broadcast when separate.
+    sync: str = "auto"

@@ -1,0 +1,74 @@
+"""The top-level schema and its registration with Hydra's ConfigStore.
+
+Each group option in `conf/<group>/<option>.yaml` starts its defaults list with
+`/schema/<group>/<schema>@_here_`, so unknown keys and wrong types fail when Hydra composes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from rlhf.config.algo import DPOConfig, KTOConfig, RewardModelConfig, RLConfig, SFTConfig
+from rlhf.config.data import DataConfig
+from rlhf.config.engine import EngineConfig
+from rlhf.config.hw import HwConfig
+from rlhf.config.model import ModelConfig
+from rlhf.config.placement import PlacementConfig
+from rlhf.config.reward import RewardConfig
+from rlhf.config.rollout import RolloutConfig
+from rlhf.config.tracking import TrackingConfig
+
+
+@dataclass
+class RunConfig:
+    # The algorithm node's type depends on the option picked (SFTConfig, DPOConfig, RLConfig, ...).
+    algo: Any = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    hw: HwConfig = MISSING
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # train: run the job; plan: print the resolved plan and exit.
+    mode: str = "train"
+    seed: int = 0
+    # Where checkpoints and the final model go (None: Hydra's run directory).
+    output_dir: Optional[str] = None
+    # Resume from the newest training-state checkpoint in output_dir when one exists.
+    resume: bool = True
+
+
+# group -> {schema name: dataclass}; the names are what option files put in their defaults list.
+SCHEMAS = {
+    "algo": {
+        "sft": SFTConfig,
+        "rm": RewardModelConfig,
+        "dpo": DPOConfig,
+        "kto": KTOConfig,
+        "rl": RLConfig,
+    },
+    "model": {"model": ModelConfig},
+    "data": {"data": DataConfig},
+    "hw": {"hw": HwConfig},
+    "placement": {"placement": PlacementConfig},
+    "engine": {"engine": EngineConfig},
+    "rollout": {"rollout": RolloutConfig},
+    "reward": {"reward": RewardConfig},
+    "tracking": {"tracking": TrackingConfig},
+}
+
+
+def register_configs() -> None:
+    """Register the top-level schema and every group schema with Hydra (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="rlhf_schema", node=RunConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node, package=group)
