@@ -1,0 +1,91 @@
+"""The loop of offline algorithms (SFT, pre-training, RM, DPO family, KTO): step, log, evaluate, save."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rlhf.plan import Plan
+from rlhf.types import RunResult
+
+# What a sweep optimizes per objective: (metric, higher is better).
+OBJECTIVE_METRIC = {
+    "sft": ("eval/loss", False),
+    "reward_model": ("eval/accuracy", True),
+    "dpo": ("eval/reward_accuracy", True),
+    "kto": ("eval/loss", False),
+}
+
+
+def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = True) -> RunResult:
+    from tqdm import tqdm
+
+    from rlhf.workers.cluster import ensure_ray
+    from rlhf.workers.group import ActorGroup, make_placement_group
+    from rlhf.workers.trainer import TrainerSpec, TrainerWorker
+
+    t0 = time.time()
+    ensure_ray(num_gpus=plan.total_gpus)
+    role = plan.role("actor")
+    spec = TrainerSpec(
+        algo=cfg.algo, model=cfg.model, data=cfg.data, engine=cfg.engine, plan=plan,
+        seed=cfg.seed, output_dir=str(output_dir), resume=cfg.resume,
+    )
+    pg = make_placement_group(role.num_workers, 1.0) if plan.device == "cuda" else None
+    group = ActorGroup("actor", TrainerWorker, role.num_workers, gpus_per_worker=1.0 if pg else 0.0,
+                       args=(spec,), placement_group=pg)
+    try:
+        addr, port = group.run("rendezvous")[0]
+        info = group.run("setup", addr, port)[0]
+        tracker.log_text(info["train_data"] + "\n" + info["eval_data"], "data_summary.txt")
+        tracker.log_params({"derived.train_samples": info["train_samples"], "derived.total_steps": info["total_steps"],
+                            "derived.trainable_params": info["trainable_params"]})
+        print(f"data: {info['train_data']}")
+        if info["eval_data"]:
+            print(f"eval: {info['eval_data']}")
+        total, start = info["total_steps"], info["start_step"]
+        if start:
+            print(f"resuming at step {start}/{total}")
+        first: dict = {}
+        last: dict = {}
+        a = cfg.algo
+        bar = tqdm(range(start, total), desc=a.name, disable=not progress, dynamic_ncols=True)
+        for step in bar:
+            stats = _sum(group.run("train_step", step))
+            tracker.log_metrics(stats, step + 1)
+            first = first or stats
+            last = stats
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
+                             if k in ("train/loss", "train/accuracy", "train/reward_accuracy")})
+            done = step + 1
+            if a.eval_every and done % a.eval_every == 0 and done < total:
+                tracker.log_metrics(_sum(group.run("evaluate")), done)
+            if a.save_every and done % a.save_every == 0 and done < total:
+                group.run("save_state", done)
+        evals = _sum(group.run("evaluate"))
+        tracker.log_metrics(evals, total)
+        final_dir = output_dir / "final"
+        run_info = {"algo": a.name, "steps": total, "model": cfg.model.name_or_path, "mlflow_run_id": tracker.run_id,
+                    "mlflow_tracking_uri": tracker.uri}
+        model_dir = group.run("save_model", str(final_dir), run_info)[0]
+        group.run("close")
+    finally:
+        group.shutdown()
+    metric, _ = OBJECTIVE_METRIC[plan.objective]
+    value = evals.get(metric, last.get(metric.replace("eval/", "train/")))
+    return RunResult(
+        algo=a.name, steps=total, model_dir=model_dir, first=first, last=last, eval=evals,
+        wall_s=time.time() - t0, objective=(metric, value) if value is not None else None,
+    )
+
+
+def _sum(per_rank: list[dict]) -> dict:
+    """Metrics are per-rank shares of step means (see rlhf/training/objectives.py): add them up."""
+    out: dict[str, float] = {}
+    for d in per_rank:
+        for k, v in d.items():
+            if k.startswith("timing/") or k in ("train/lr", "train/grad_norm"):
+                out[k] = max(out.get(k, v), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out

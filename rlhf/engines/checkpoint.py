@@ -1,0 +1,94 @@
+"""Checkpoint directories that are either complete or absent.
+
+Layout under a run's output directory:
+  checkpoints/step_000040/   training state of every rank (DeepSpeed) + trainer_state.json
+  checkpoints/latest         name of the newest complete checkpoint (replaced atomically)
+  final/                     the model in Hugging Face format (save_pretrained + tokenizer)
+Everything is written into a temporary sibling first and renamed into place, so a crash mid-save leaves the
+previous checkpoint untouched and `latest` never names a partial directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+LATEST = "latest"
+STATE_FILE = "trainer_state.json"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def temp_sibling(final: Path) -> Path:
+    return final.parent / f".tmp-{final.name}"
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory into place, replacing an older one at the same path."""
+    final = Path(final)
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def mark_latest(ckpt_root: Path, name: str) -> None:
+    write_text_atomic(Path(ckpt_root) / LATEST, name + "\n")
+
+
+def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
+    """The newest complete checkpoint directory, or None."""
+    root = Path(ckpt_root)
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / STATE_FILE).exists() else None
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / STATE_FILE).read_text())
+
+
+def prune_checkpoints(ckpt_root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step directories (never the one `latest` names)."""
+    root = Path(ckpt_root)
+    latest = latest_checkpoint(root)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    doomed = [p for p in steps[: max(len(steps) - max(keep, 1), 0)] if p != latest]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed

@@ -1,0 +1,128 @@
+"""Load tokenizers and models from Hugging Face names, local paths, or `tiny:<arch>` (built offline)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Optional
+
+from rlhf.config.model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny:"
+
+
+def resolve_path(name_or_path: str) -> str:
+    """`tiny:<arch>` -> the cached directory of that tiny model (built on first use); anything else as is."""
+    if name_or_path.startswith(TINY_PREFIX):
+        from rlhf.models.tiny import tiny_model_dir
+
+        return str(tiny_model_dir(name_or_path[len(TINY_PREFIX):]))
+    return name_or_path
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def attn_implementation(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    path = resolve_path(cfg.tokenizer or cfg.name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise OSError(
+            f"could not load the tokenizer of model.name_or_path={cfg.name_or_path!r} ({e}). Offline? Point "
+            "model.name_or_path at a local directory, or use model=tiny."
+        ) from e
+    tok.padding_side = padding_side
+    if cfg.chat_template:
+        tok.chat_template = cfg.chat_template
+    if tok.pad_token is None:
+        # Llama-3 ships no pad token; padding positions are masked out everywhere, so eos is safe as pad.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _common_kwargs(cfg: ModelConfig, dtype: str, device: str) -> dict:
+    kw = dict(
+        torch_dtype=torch_dtype(dtype),
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=attn_implementation(cfg.attn_implementation, device),
+    )
+    if cfg.lora.load_in_4bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if dtype == "bf16" else torch.float32
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    return kw
+
+
+def load_causal_lm(cfg: ModelConfig, *, dtype: str, device: str, trainable: bool = True):
+    """A causal LM, with LoRA/QLoRA adapters when model.lora.rank > 0 and the model is trained."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_path(cfg.name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **_common_kwargs(cfg, dtype, device))
+    except OSError as e:
+        raise OSError(
+            f"could not load model.name_or_path={cfg.name_or_path!r} ({e}). Offline? Use a local path or model=tiny."
+        ) from e
+    if cfg.moe_aux_loss_coef > 0 and hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = True
+        model.config.router_aux_loss_coef = cfg.moe_aux_loss_coef
+    model.config.use_cache = False
+    if trainable and cfg.lora.rank > 0:
+        model = apply_lora(model, cfg)
+    return model
+
+
+def load_sequence_classifier(cfg: ModelConfig, *, dtype: str, device: str, path: Optional[str] = None,
+                             trainable: bool = True, pad_token_id: Optional[int] = None):
+    """A one-logit sequence classifier (reward model); from a causal LM the score head is freshly initialized."""
+    from transformers import AutoModelForSequenceClassification
+
+    src = resolve_path(path or cfg.name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, **_common_kwargs(cfg, dtype, device))
+    if pad_token_id is not None:
+        # HF pools the score at the last non-pad token; it must know which id pads.
+        model.config.pad_token_id = pad_token_id
+    model.config.use_cache = False
+    if trainable and cfg.lora.rank > 0:
+        model = apply_lora(model, cfg, task_type="SEQ_CLS")
+    return model
+
+
+def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.lora.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lcfg = LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type=task_type,
+    )
+    model = get_peft_model(model, lcfg)
+    return model

@@ -1,0 +1,142 @@
+"""Experiment tracking: MLflow (local sqlite store by default, any tracking URI) or nothing.
+
+What a run records: the resolved config (flattened params + config.yaml artifact), the plan (plan.json and
+plan.txt), tags (algo, model, hw, git commit, Hydra job), metrics named `<area>/<name>` per step, data
+summaries, and the final model directory (as an artifact, or its path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE_DIR = "mlruns"
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store under ./mlruns (the embedded store needs no server)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = Path(DEFAULT_STORE_DIR).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def git_commit(cwd: Optional[str] = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        sha = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, (list, tuple)):
+        out[prefix[:-1]] = str(list(d))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+class NullTracker:
+    run_id: Optional[str] = None
+    uri: Optional[str] = None
+    experiment_id: Optional[str] = None
+
+    def log_params(self, params: dict) -> None: ...
+    def log_metrics(self, metrics: dict, step: int) -> None: ...
+    def log_text(self, text: str, name: str) -> None: ...
+    def log_dict(self, d: dict, name: str) -> None: ...
+    def log_artifacts(self, path: str, name: Optional[str] = None) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+    def ui_hint(self) -> str:
+        return "tracking disabled (tracking=none)"
+
+
+class MLflowTracker:
+    def __init__(self, *, uri: Optional[str], experiment: str, run_name: Optional[str], parent_run_id=None,
+                 log_system_metrics: bool = False):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri = uri or default_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            kwargs = {}
+            if self.uri.startswith("sqlite:///"):
+                # Keep artifacts beside the sqlite file instead of the current directory.
+                kwargs["artifact_location"] = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+            try:
+                self.experiment_id = mlflow.create_experiment(experiment, **kwargs)
+            except Exception:  # noqa: BLE001 - a concurrent sweep point created it first
+                self.experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+        self.run = mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=run_name, tags=tags, log_system_metrics=log_system_metrics
+        )
+        self.run_id = self.run.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        flat = {k: ("None" if v is None else v) for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            self.mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.mlflow.log_text(text, name)
+
+    def log_dict(self, d: dict, name: str) -> None:
+        self.mlflow.log_dict(d, name)
+
+    def log_artifacts(self, path: str, name: Optional[str] = None) -> None:
+        self.mlflow.log_artifacts(path, artifact_path=name)
+
+    def set_tags(self, tags: dict) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+    def ui_hint(self) -> str:
+        if self.uri.startswith("sqlite:///"):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri} (run {self.run_id})"
+
+
+def make_tracker(cfg, run_name: Optional[str] = None, parent_run_id: Optional[str] = None):
+    """A tracker for the tracking config slice (`TrackingConfig`)."""
+    if cfg.backend == "none":
+        return NullTracker()
+    return MLflowTracker(
+        uri=cfg.tracking_uri,
+        experiment=cfg.experiment,
+        run_name=cfg.run_name or run_name,
+        parent_run_id=parent_run_id,
+        log_system_metrics=cfg.log_system_metrics,
+    )

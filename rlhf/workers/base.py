@@ -1,0 +1,47 @@
+"""What every Ray worker of a role shares: its rank, the rendezvous, seeding, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+
+class RankWorker:
+    def __init__(self, rank: int, world_size: int):
+        self.rank = rank
+        self.world_size = world_size
+        logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+        # Two cores shared by several roles: one intra-op thread each keeps them from thrashing.
+        if not os.environ.get("CUDA_VISIBLE_DEVICES") and "OMP_NUM_THREADS" not in os.environ:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(world_size, 1)))
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address and a free port for the role's process group."""
+        from rlhf.engines.dist import free_port, node_ip
+
+        return node_ip(), free_port()
+
+    def init_dist(self, master_addr: str, master_port: int, device: str) -> None:
+        from rlhf.engines.dist import init_distributed
+
+        init_distributed(self.rank, self.world_size, master_addr, master_port, device)
+
+    @staticmethod
+    def seed_everything(seed: int) -> None:
+        import numpy as np
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def close(self) -> None:
+        from rlhf.engines.dist import destroy_distributed
+
+        destroy_distributed()
+
+    def ping(self) -> int:
+        return os.getpid()

@@ -1,0 +1,54 @@
+"""Start or join the Ray cluster a run uses."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | None = None) -> None:
+    """Join $RAY_ADDRESS when set (a Slurm or standing cluster), else start a local one sized for the run.
+
+    Locally, logical CPUs are over-provisioned (roles mostly wait on each other), so a 2-core laptop can host
+    an actor, a reference and a critic process at once.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        # vLLM inside Ray actors: keep the engine in-process so weights can be updated directly.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
+    }
+    for key in ("RLHF_CACHE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES"):
+        if key in os.environ:
+            env_vars[key] = os.environ[key]
+    runtime_env = {"env_vars": env_vars}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
+        return
+    cpus = num_cpus or max(8, (os.cpu_count() or 2) * 4)
+    ray.init(
+        num_cpus=cpus,
+        num_gpus=num_gpus,
+        namespace=namespace,
+        object_store_memory=512 * 1024**2,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,262 @@
+"""The training role of offline algorithms (SFT, RM, DPO/IPO/cDPO, KTO): one Ray actor per data-parallel rank.
+
+Each rank holds the tokenized data set (small and deterministic, so no data moves through the driver), takes
+its slice of every optimizer step, and runs forward/backward through DeepSpeed. The driver only says which
+step to run and collects metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rlhf.config.algo import TrainConfig
+from rlhf.config.data import DataConfig
+from rlhf.config.engine import EngineConfig
+from rlhf.config.model import ModelConfig
+from rlhf.plan import Plan
+from rlhf.workers.base import RankWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerSpec:
+    """The typed slices of the run config the training role needs."""
+
+    algo: TrainConfig
+    model: ModelConfig
+    data: DataConfig
+    engine: EngineConfig
+    plan: Plan
+    seed: int
+    output_dir: str
+    resume: bool
+
+
+class TrainerWorker(RankWorker):
+    def __init__(self, rank: int, world_size: int, spec: TrainerSpec):
+        super().__init__(rank, world_size)
+        self.spec = spec
+        self.plan = spec.plan
+
+    # ---- setup ---------------------------------------------------------------------------------------
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        from rlhf.algos.registry import get_algo
+        from rlhf.data.datasets import build_dataset
+        from rlhf.engines.deepspeed import TrainEngine, build_frozen
+        from rlhf.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
+        from rlhf.training.objectives import OBJECTIVES
+
+        t0 = time.time()
+        s, plan = self.spec, self.plan
+        self.init_dist(master_addr, master_port, plan.device)
+        self.seed_everything(s.seed)
+        self.algo_spec = get_algo(s.algo.name)
+        self.objective = OBJECTIVES[self.algo_spec.objective]
+        self.tokenizer = load_tokenizer(s.model)
+        task = self.algo_spec.task
+        self.train_ds = build_dataset(task, s.data, self.tokenizer, "train", seed=s.seed)
+        self.eval_ds = build_dataset(task, s.data, self.tokenizer, "eval", seed=s.seed)
+        tbs = plan.train_batch_samples
+        self.steps_per_epoch = len(self.train_ds) // tbs
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {len(self.train_ds)} samples, fewer than one step of "
+                f"algo.train_batch_samples={tbs}; lower it or add data"
+            )
+        total = self.steps_per_epoch * s.algo.epochs
+        if s.algo.max_steps:
+            total = min(total, s.algo.max_steps)
+        self.total_steps = total
+
+        if self.algo_spec.sequence_classifier:
+            model = load_sequence_classifier(
+                s.model, dtype=plan.dtype, device=plan.device, pad_token_id=self.tokenizer.pad_token_id
+            )
+        else:
+            model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
+        n_params = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.engine = TrainEngine(
+            model,
+            train=s.algo,
+            engine=s.engine,
+            micro_batch=plan.micro_batch_per_gpu,
+            grad_accum=plan.grad_accum,
+            world_size=plan.world_size,
+            dtype=plan.dtype,
+            total_steps=total,
+        )
+        self.ref = None
+        if plan.reference:
+            ref_cfg = s.model
+            ref_path = getattr(s.algo, "ref_name_or_path", None)
+            if ref_path:
+                from dataclasses import replace
+
+                ref_cfg = replace(s.model, name_or_path=ref_path)
+            ref = load_causal_lm(ref_cfg, dtype=plan.dtype, device=plan.device, trainable=False)
+            self.ref = build_frozen(
+                ref, engine=s.engine, world_size=plan.world_size, dtype=plan.dtype,
+                micro_batch=plan.micro_batch_per_gpu,
+            )
+        self.start_step = 0
+        if s.resume:
+            self.start_step = self._maybe_resume()
+        return {
+            "total_steps": total,
+            "start_step": self.start_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_samples": len(self.train_ds),
+            "eval_samples": len(self.eval_ds),
+            "train_data": self.train_ds.summary(),
+            "eval_data": self.eval_ds.summary() if len(self.eval_ds) else "",
+            "params": n_params,
+            "trainable_params": n_train,
+            "setup_s": time.time() - t0,
+        }
+
+    # ---- batches -------------------------------------------------------------------------------------
+    def _step_indices(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches of global step `step` (deterministic, so resume needs only the step)."""
+        import torch
+
+        plan = self.plan
+        epoch, s = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.spec.seed * 1000003 + epoch)
+        perm = torch.randperm(len(self.train_ds), generator=g).tolist()
+        chunk = perm[s * plan.train_batch_samples:(s + 1) * plan.train_batch_samples]
+        per_rank = plan.micro_batch_per_gpu * plan.grad_accum
+        mine = chunk[self.rank * per_rank:(self.rank + 1) * per_rank]
+        m = plan.micro_batch_per_gpu
+        return [mine[i * m:(i + 1) * m] for i in range(plan.grad_accum)], chunk
+
+    def _collate(self, ds, idx: list[int]) -> dict:
+        from rlhf.training.batches import collate_for_task
+
+        return collate_for_task(
+            self.algo_spec.task, [ds[i] for i in idx], self.tokenizer,
+            packing=self.spec.data.packing, attn_impl=self._attn_impl(), dtype=self._dtype(),
+        )
+
+    def _attn_impl(self) -> str:
+        return getattr(self.engine.module.config, "_attn_implementation", "sdpa")
+
+    def _dtype(self):
+        from rlhf.models.loading import torch_dtype
+
+        return torch_dtype(self.plan.dtype)
+
+    def _counts(self, ds, idx: list[int]):
+        from rlhf.training.batches import loss_tokens
+        from rlhf.training.objectives import StepCounts
+
+        return StepCounts(tokens=float(sum(loss_tokens(ds[i]) for i in idx)), samples=float(len(idx)))
+
+    def _to_device(self, batch: dict) -> dict:
+        dev = self.engine.device
+        return {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in batch.items()}
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict:
+        t0 = time.time()
+        self.engine.train()
+        micro, chunk = self._step_indices(step)
+        counts = self._counts(self.train_ds, chunk)
+        scale = self.plan.grad_accum * self.plan.world_size
+        sums: dict[str, float] = defaultdict(float)
+        info: dict[str, float] = {}
+        for idx in micro:
+            batch = self._to_device(self._collate(self.train_ds, idx))
+            loss, metrics = self.objective(
+                self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo, micro_batches=scale
+            )
+            # DeepSpeed divides by the accumulation steps and averages over ranks; undo both so the
+            # gradient is that of the globally normalized loss.
+            self.engine.backward(loss * scale)
+            info = self.engine.step() or info
+            for k, v in metrics.items():
+                sums[k] += float(v)
+        out = dict(sums)
+        if self.rank == 0:
+            out.update({f"train/{k}": v for k, v in info.items()})
+            out["timing/step_s"] = time.time() - t0
+        return out
+
+    def evaluate(self) -> dict:
+        import torch
+
+        from rlhf.training.objectives import StepCounts
+
+        n = len(self.eval_ds)
+        if n == 0:
+            return {}
+        self.engine.eval()
+        idx = list(range(n))
+        counts = StepCounts(tokens=float(sum(self._loss_tokens(i) for i in idx)), samples=float(n))
+        mine = idx[self.rank::self.world_size]
+        m = self.plan.micro_batch_per_gpu
+        sums: dict[str, float] = defaultdict(float)
+        with torch.no_grad():
+            for i in range(0, len(mine), m):
+                batch = self._to_device(self._collate(self.eval_ds, mine[i:i + m]))
+                _, metrics = self.objective(self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo,
+                                            micro_batches=1)
+                for k, v in metrics.items():
+                    sums["eval/" + k.split("/", 1)[1]] += float(v)
+        return dict(sums)
+
+    def _loss_tokens(self, i: int) -> int:
+        from rlhf.training.batches import loss_tokens
+
+        return loss_tokens(self.eval_ds[i])
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def _ckpt_root(self) -> Path:
+        return Path(self.spec.output_dir) / "checkpoints"
+
+    def save_state(self, step: int, extra: Optional[dict[str, Any]] = None) -> str:
+        import torch.distributed as dist
+
+        from rlhf.engines import checkpoint as ck
+
+        root = self._ckpt_root()
+        final = root / ck.step_dir_name(step)
+        tmp = ck.temp_sibling(final)
+        if self.rank == 0:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        self.engine.save_state(tmp)
+        dist.barrier()
+        if self.rank == 0:
+            state = {"step": step, "total_steps": self.total_steps, "algo": self.spec.algo.name, **(extra or {})}
+            (tmp / ck.STATE_FILE).write_text(json.dumps(state, indent=2))
+            ck.publish_dir(tmp, final)
+            ck.mark_latest(root, final.name)
+            ck.prune_checkpoints(root, self.spec.algo.keep_checkpoints)
+        dist.barrier()
+        return str(final)
+
+    def _maybe_resume(self) -> int:
+        from rlhf.engines import checkpoint as ck
+
+        latest = ck.latest_checkpoint(self._ckpt_root())
+        if latest is None:
+            return 0
+        self.engine.load_state(latest)
+        state = ck.read_state(latest)
+        log.warning("resumed from %s (step %d)", latest, state["step"])
+        return int(state["step"])
+
+    def save_model(self, final_dir: str, run_info: dict) -> Optional[str]:
+        path = self.engine.save_hf(Path(final_dir), self.tokenizer, extra_files={"rlhf_run.json": run_info})
+        return str(path) if path else None
