@@ -249,12 +249,12 @@ def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
             problems.append(f"algo.label_smoothing={cfg.algo.label_smoothing} must be in [0, 0.5)")
     if spec.family == "onpolicy":
         from rlhf.algos.advantages import ADVANTAGE_ESTIMATORS
-        from rlhf.algos.aggregate import AGGREGATION_MODES
+        from rlhf.algos.aggregate import AGG_MODES
         from rlhf.algos.kl import KL_ESTIMATORS
 
         a = cfg.algo
         _choice(problems, "algo.advantage", a.advantage, set(ADVANTAGE_ESTIMATORS))
-        _choice(problems, "algo.loss_agg", a.loss_agg, set(AGGREGATION_MODES))
+        _choice(problems, "algo.loss_agg", a.loss_agg, set(AGG_MODES))
         _choice(problems, "algo.kl_estimator", a.kl_estimator, set(KL_ESTIMATORS))
         _choice(problems, "algo.kl_in", a.kl_in, {"reward", "loss"})
         if not cfg.reward.sources:
