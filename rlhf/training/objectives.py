@@ -124,7 +124,7 @@ def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
     with torch.no_grad():
         ref_total, _ = _sequence_logps(ref_model, batch)
         kl_ref = (total - ref_total).mean().clamp(min=0)
-    desirable = batch["label"].bool()
+    desirable = batch["labels"].bool()
     out = kto_loss(
         total, ref_total, desirable, kl_ref,
         beta=algo.beta, desirable_weight=algo.desirable_weight, undesirable_weight=algo.undesirable_weight,

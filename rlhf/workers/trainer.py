@@ -123,7 +123,7 @@ class TrainerWorker(RankWorker):
         }
 
     # ---- batches -------------------------------------------------------------------------------------
-    def _step_indices(self, step: int) -> list[list[int]]:
+    def _step_indices(self, step: int) -> tuple[list[list[int]], list[int]]:
         """This rank's micro-batches of global step `step` (deterministic, so resume needs only the step)."""
         import torch
 
