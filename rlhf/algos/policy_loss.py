@@ -1,0 +1,148 @@
+"""Policy-gradient losses: the PPO clipped surrogate with asymmetric and dual clipping, a KL-to-reference
+term and an entropy bonus.
+
+PPO (Schulman et al. 2017), per token with ratio rho = pi(a) / pi_old(a) and advantage A:
+
+    loss_t = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high))
+
+clip_high > clip_low is DAPO's clip-higher (Yu et al. 2025): it lets low-probability tokens grow, against
+entropy collapse. Dual-clip (Ye et al. 2020) bounds the loss of tokens with A < 0 whose ratio exploded:
+
+    loss_t = min(loss_t, -A * dual_clip)   for A < 0, with dual_clip > 1.
+
+Losses are reduced by `rlhf.algos.aggregate.aggregate_loss` (pass the step's global normalizers for exact
+gradient accumulation). Stats are micro-batch masked means, detached 0-dim tensors, without the `train/`
+prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from rlhf.algos.aggregate import Normalizer, aggregate_loss
+from rlhf.algos.kl import kl_penalty
+from rlhf.algos.logprobs import masked_mean
+
+# Log-ratio bound before exp: a stale or mismatched log-prob must not overflow the ratio to inf.
+LOG_RATIO_CLAMP = 20.0
+
+
+def _check(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str = "logp") -> None:
+    if t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)} like {like_name}")
+
+
+def _masked_extreme(x: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
+    fill = float("-inf") if largest else float("inf")
+    filled = torch.where(mask.bool(), x, torch.full_like(x, fill))
+    out = filled.max() if largest else filled.min()
+    # An empty micro-batch reports ratio 1 rather than an infinity.
+    return torch.where(mask.bool().any(), out, torch.ones_like(out))
+
+
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: Optional[float] = None,
+    agg: str = "token_mean",
+    num_tokens: Optional[Normalizer] = None,
+    num_seqs: Optional[Normalizer] = None,
+    max_len: Optional[Normalizer] = None,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Clipped surrogate loss (see the module docstring).
+
+    Args:
+        logp: [B, T] log-probs of the sampled tokens under the current policy (with gradient).
+        old_logp: [B, T] log-probs under the policy that sampled them (behaviour policy), no gradient.
+        advantages: [B, T].
+        mask: [B, T] float or bool, 1 = token that counts.
+        clip_low: epsilon below 1, in [0, 1).
+        clip_high: epsilon above 1, >= 0.
+        dual_clip: constant c > 1 for the dual clip of negative advantages, None disables.
+        agg, num_tokens, num_seqs, max_len: see `rlhf.algos.aggregate.aggregate_loss`.
+
+    Returns:
+        (loss 0-dim, stats): clip_frac (tokens where the clipped branch is taken), dual_clip_frac, approx_kl
+        (k3 estimate of KL(pi_old || pi)), ratio_mean, ratio_min, ratio_max.
+    """
+    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
+        _check(name, t, logp)
+    if not 0.0 <= clip_low < 1.0:
+        raise ValueError(f"clip_low must be in [0, 1) (algo.clip_low), got {clip_low}")
+    if not clip_high >= 0.0:
+        raise ValueError(f"clip_high must be >= 0 (algo.clip_high), got {clip_high}")
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1 (algo.dual_clip), or None to disable it; got {dual_clip}")
+
+    advantages = advantages.detach()
+    old_logp = old_logp.detach()
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss_tok = torch.maximum(unclipped, clipped)
+    dual_taken = torch.zeros_like(mask, dtype=torch.bool)
+    if dual_clip is not None:
+        bound = -advantages * dual_clip
+        dual_taken = (advantages < 0) & (loss_tok > bound)
+        loss_tok = torch.where(dual_taken, bound, loss_tok)
+    loss = aggregate_loss(loss_tok, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
+
+    with torch.no_grad():
+        ratio_d = ratio.detach()
+        stats = {
+            "clip_frac": masked_mean((clipped > unclipped).float(), mask),
+            "dual_clip_frac": masked_mean(dual_taken.float(), mask),
+            "approx_kl": masked_mean(kl_penalty(old_logp, logp.detach(), "k3"), mask),
+            "ratio_mean": masked_mean(ratio_d, mask),
+            "ratio_min": _masked_extreme(ratio_d, mask, largest=False),
+            "ratio_max": _masked_extreme(ratio_d, mask, largest=True),
+        }
+    return loss, stats
+
+
+def kl_loss(
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kind: str = "k3",
+    agg: str = "token_mean",
+    num_tokens: Optional[Normalizer] = None,
+    num_seqs: Optional[Normalizer] = None,
+    max_len: Optional[Normalizer] = None,
+) -> torch.Tensor:
+    """KL-to-reference term of the loss (GRPO's form; KL in the loss rather than in the reward).
+
+    Aggregates `rlhf.algos.kl.kl_penalty(logp, ref_logp, kind)` [B, T] over the mask. Unweighted: add
+    kl_coef * kl_loss(...) to the policy loss (and log the unweighted value).
+    """
+    _check("ref_logp", ref_logp, logp)
+    per_tok = kl_penalty(logp, ref_logp.detach(), kind)
+    return aggregate_loss(per_tok, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
+
+
+def entropy_bonus(
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    coef: float,
+    agg: str = "token_mean",
+    num_tokens: Optional[Normalizer] = None,
+    num_seqs: Optional[Normalizer] = None,
+    max_len: Optional[Normalizer] = None,
+) -> torch.Tensor:
+    """Term to ADD to the loss for an entropy bonus: -coef * aggregate(entropy) (minimizing it raises entropy).
+
+    entropy: [B, T] from `rlhf.algos.logprobs.entropy_from_logits` (with gradient).
+    """
+    _check("mask", mask, entropy, "entropy")
+    ent = aggregate_loss(entropy, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
+    return -coef * ent
