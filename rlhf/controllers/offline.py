@@ -25,7 +25,7 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
     from rlhf.workers.trainer import TrainerSpec, TrainerWorker
 
     t0 = time.time()
-    ensure_ray(num_gpus=plan.total_gpus)
+    ensure_ray(num_gpus=plan.total_gpus, cpu_processes=sum(r.num_workers for r in plan.roles))
     role = plan.role("actor")
     spec = TrainerSpec(
         algo=cfg.algo, model=cfg.model, data=cfg.data, engine=cfg.engine, plan=plan,

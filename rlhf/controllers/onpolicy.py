@@ -26,7 +26,7 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
 
     t0 = time.time()
     a = cfg.algo
-    ensure_ray(num_gpus=plan.total_gpus)
+    ensure_ray(num_gpus=plan.total_gpus, cpu_processes=sum(r.num_workers for r in plan.roles))
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     train_ds = build_dataset("prompt", cfg.data, tokenizer, "train", seed=cfg.seed)
     eval_ds = build_dataset("prompt", cfg.data, tokenizer, "eval", seed=cfg.seed)

@@ -8,7 +8,8 @@ import os
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | None = None,
+               cpu_processes: int = 1) -> None:
     """Join $RAY_ADDRESS when set (a Slurm or standing cluster), else start a local one sized for the run.
 
     Locally, logical CPUs are over-provisioned (roles mostly wait on each other), so a 2-core laptop can host
@@ -24,6 +25,8 @@ def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | N
         # vLLM inside Ray actors: keep the engine in-process so weights can be updated directly.
         "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
     }
+    if num_gpus == 0:
+        env_vars["RLHF_CPU_THREADS"] = str(max(1, (os.cpu_count() or 2) // max(cpu_processes, 1)))
     for key in ("RLHF_CACHE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES"):
         if key in os.environ:
             env_vars[key] = os.environ[key]

@@ -1,0 +1,467 @@
+"""Read one data source into row dicts tagged with their origin, and check rows against a task's schema.
+
+Source forms (`SourceConfig.path`):
+
+- `rows.jsonl`: one JSON object per line, read line by line so a bad line is reported as `rows.jsonl:17`;
+- `rows.json`: a list of objects (a `.json` file holding JSON lines is read as JSON lines);
+- `rows.parquet`: read with pyarrow; rows are reported as `rows.parquet:row 12` (0-based);
+- a directory: its `.jsonl`/`.json`/`.parquet` files, sorted by name; when some file names start with the split
+  name (`train.jsonl`, `test-00001.parquet`) only those are read;
+- `json@./dir`: the OpenRLHF spelling of the same thing;
+- `asset:<name>`: a data set shipped in `rlhf/assets/data/` (a file, with or without its suffix, or a directory
+  holding train/test files);
+- anything else: a Hugging Face hub data set, `datasets.load_dataset(path, split=split)`.
+
+Every row gets a private `"_origin"` key ("path:line") used by error messages downstream.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from rlhf.config.data import SourceConfig
+from rlhf.data.errors import BadRow, DataError, RowError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+BAD_ROW_POLICIES = ("skip", "error")
+ORIGIN_KEY = "_origin"
+# Split names that mark a file as belonging to one split; a directory whose files carry none of them is one split.
+_SPLIT_WORDS = ("train", "test", "eval", "validation", "valid", "val", "dev")
+
+# Column names public data sets commonly use for each key field, most common first (for suggestions only).
+_USUAL_KEYS = {
+    "input_key": ("prompt", "question", "instruction", "query", "problem", "input", "messages", "conversations"),
+    "output_key": ("response", "answer", "output", "completion", "solution", "target", "steps"),
+    "chosen_key": ("chosen", "preferred", "response_chosen"),
+    "rejected_key": ("rejected", "dispreferred", "response_rejected"),
+    "label_key": ("label", "labels", "score"),
+}
+# Kinds accepted by `validate_row`.
+ROW_KINDS = ("str", "messages", "text", "str_list", "label", "label_list", "any")
+_KIND_WORDS = {
+    "str": "a non-empty string",
+    "messages": "a non-empty list of {role, content} messages",
+    "text": "a non-empty string or a list of {role, content} messages",
+    "str_list": "a non-empty list of non-empty strings",
+    "label": "a label (true/false or 1/0)",
+    "label_list": "a non-empty list of labels (true/false, 1/0 or a float in [0, 1])",
+    "any": "a value",
+}
+
+
+@dataclass
+class SourceRows:
+    """The rows read from one source: `rows` (dicts with `_origin`) and `bad` (rows that could not be read)."""
+
+    rows: List[Dict[str, Any]]
+    bad: List[BadRow] = field(default_factory=list)
+    location: str = ""
+
+
+def read_source(
+    name: str,
+    src: SourceConfig,
+    split: str,
+    *,
+    bad_rows: str = "skip",
+    max_bad_fraction: float = 0.5,
+    check: Optional[Callable[[Dict[str, Any]], None]] = None,
+    key_fields: Optional[Mapping[str, str]] = None,
+) -> SourceRows:
+    """Read the `split` of source `name` described by `src` (see the module docstring for the path forms).
+
+    Bad rows: lines that are not JSON or not objects, and rows for which `check` (e.g. a `validate_row` call with
+    a task's keys) raises RowError. With `bad_rows="error"` the first one in reading order raises a `DataError`
+    naming file:line and the key; with "skip" they are collected in `.bad`, and a `DataError` is raised when more
+    than `max_bad_fraction` of the rows are bad (with `key_fields`, key -> SourceConfig field, it suggests the
+    key override). `src.max_samples` keeps the first good rows.
+    """
+    check_bad_row_policy(bad_rows, max_bad_fraction)
+    collector = _Collector(name, bad_rows, check, key_fields)
+    path = str(src.path)
+    local = _resolve_local(name, path)
+    if local is None:
+        for i, row in enumerate(_read_hub(name, path, split)):
+            collector.add(dict(row), f"{path}[{split}]:row {i}")
+        location = f"{path} [{split}]"
+    else:
+        files = _files_for_split(name, local, split, src)
+        for file in files:
+            _read_file(file, collector)
+        location = str(local) if local.is_file() else f"{local} ({', '.join(f.name for f in files)})"
+    total = len(collector.rows) + len(collector.bad)
+    seen = collector.rows + collector.failed
+    enforce_bad_fraction(name, total, collector.bad, max_bad_fraction, rows=seen, key_fields=key_fields)
+    rows = collector.rows if src.max_samples is None else collector.rows[: int(src.max_samples)]
+    return SourceRows(rows=rows, bad=collector.bad, location=location)
+
+
+def check_bad_row_policy(bad_rows: str, max_bad_fraction: float) -> None:
+    if bad_rows not in BAD_ROW_POLICIES:
+        raise DataError(
+            f"unknown bad-row policy {bad_rows!r}", key="data.bad_rows", hint=f"use one of {list(BAD_ROW_POLICIES)}"
+        )
+    if not 0.0 <= float(max_bad_fraction) <= 1.0:
+        raise DataError(
+            f"max_bad_fraction={max_bad_fraction} is not a fraction",
+            key="data.max_bad_fraction",
+            hint="use a number in [0, 1]",
+        )
+
+
+def asset_root() -> Path:
+    """Directory of the data sets shipped with the package (`rlhf/assets/data`)."""
+    return Path(str(resources.files("rlhf") / "assets" / "data"))
+
+
+# ----------------------------------------------------------------------------------------------- resolving paths
+
+
+def _resolve_local(name: str, path: str) -> Optional[Path]:
+    """The local file or directory `path` names, or None for a hub data set name."""
+    if path.startswith("asset:"):
+        return _resolve_asset(name, path[len("asset:") :])
+    if path.startswith("json@"):
+        local = Path(path[len("json@") :]).expanduser()
+        if not local.exists():
+            raise DataError(
+                f"'{local}' was not found (cwd {os.getcwd()})",
+                source=name,
+                key=f"data.sources.{name}.path",
+                hint="json@<dir> names a local directory holding train/test JSON files",
+            )
+        return local
+    local = Path(path).expanduser()
+    if local.exists():
+        return local
+    looks_local = path.startswith((".", "/", "~")) or path.endswith(DATA_SUFFIXES) or path.count("/") > 1
+    if looks_local:
+        raise DataError(
+            f"'{path}' was not found locally (cwd {os.getcwd()})",
+            source=name,
+            key=f"data.sources.{name}.path",
+            hint="give an existing .jsonl/.json/.parquet file or directory, asset:<name>, or a hub name org/name",
+        )
+    return None
+
+
+def _resolve_asset(name: str, asset: str) -> Path:
+    root = asset_root()
+    candidates = [root / asset] + [root / f"{asset}{suffix}" for suffix in DATA_SUFFIXES]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    shipped = sorted(
+        f"asset:{p.name if p.is_dir() else p.stem}"
+        for p in (root.iterdir() if root.is_dir() else [])
+        if p.is_dir() or p.suffix in DATA_SUFFIXES
+    )
+    raise DataError(
+        f"no shipped data set 'asset:{asset}' in {root}",
+        source=name,
+        key=f"data.sources.{name}.path",
+        hint=f"shipped data sets: {shipped or 'none (the assets are not installed)'}",
+    )
+
+
+def _files_for_split(name: str, local: Path, split: str, src: SourceConfig) -> List[Path]:
+    """The files of `local` that hold `split`: a single file holds one split, a directory is split by file name."""
+    if local.is_file():
+        if local.suffix not in DATA_SUFFIXES:
+            raise DataError(
+                f"'{local}' is not a data file", source=name, hint=f"use a file ending in one of {DATA_SUFFIXES}"
+            )
+        if split != src.split:
+            # A file cannot hold two splits; evaluating on it would evaluate on the training rows.
+            raise DataError(
+                f"'{local}' is a single file, so it has no split '{split}'",
+                source=name,
+                key=f"data.sources.{name}.eval_split",
+                hint="point the source at a directory with <split>* files, or hold rows out with data.eval_fraction",
+            )
+        return [local]
+    files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"directory '{local}' holds no {'/'.join(DATA_SUFFIXES)} files", source=name, hint="add data files"
+        )
+    matching = [p for p in files if p.stem.startswith(split)]
+    if matching:
+        return matching
+    if any(p.stem.startswith(_SPLIT_WORDS) for p in files) or split != src.split:
+        raise DataError(
+            f"directory '{local}' has no file for split '{split}' (files: {[p.name for p in files]})",
+            source=name,
+            hint=f"name the files {split}*.jsonl, or set data.sources.{name}.split/eval_split to a split it has",
+        )
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def _display(path: Path) -> str:
+    """A path as short as it can be: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _Collector:
+    """Rows in reading order; bad ones are kept aside or raised at once, as the policy says."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: str,
+        check: Optional[Callable[[Dict[str, Any]], None]],
+        key_fields: Optional[Mapping[str, str]],
+    ):
+        self.name, self.policy, self.check, self.key_fields = name, policy, check, key_fields
+        self.rows: List[Dict[str, Any]] = []
+        self.bad: List[BadRow] = []
+        self.failed: List[Dict[str, Any]] = []  # objects that failed `check`, for the keys they do have
+
+    def reject(self, bad: BadRow, obj: Optional[Dict[str, Any]] = None) -> None:
+        if self.policy == "error":
+            missing = obj is not None and bad.reason.startswith("missing key")
+            hint = key_hint(self.name, bad.key, [obj], self.key_fields) if missing else None
+            raise DataError.from_bad_row(
+                bad, hint=hint or "fix or delete the row, or set data.bad_rows=skip to leave such rows out"
+            )
+        self.bad.append(bad)
+        if obj is not None:
+            self.failed.append(obj)
+
+    def add(self, obj: Any, origin: str) -> None:
+        if not isinstance(obj, dict):
+            self.reject(BadRow(self.name, origin, "not a JSON object", f"got {type(obj).__name__}"))
+            return
+        obj[ORIGIN_KEY] = origin
+        if self.check is not None:
+            try:
+                self.check(obj)
+            except RowError as e:
+                self.reject(e.at(self.name, origin), obj)
+                return
+        self.rows.append(obj)
+
+
+def _read_file(file: Path, out: _Collector) -> None:
+    shown = _display(file)
+    if file.suffix == ".parquet":
+        for i, obj in enumerate(_read_parquet(out.name, file)):
+            out.add(obj, f"{shown}:row {i}")
+        return
+    if file.suffix == ".json":
+        objects = _read_json_list(out.name, file)
+        if objects is not None:
+            for i, obj in enumerate(objects):
+                out.add(obj, f"{shown}:row {i}")
+            return
+    with open(file, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            origin = f"{shown}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                out.reject(BadRow(out.name, origin, "invalid UTF-8", str(e)))
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                out.reject(BadRow(out.name, origin, "invalid JSON", f"{e.msg} at column {e.colno}"))
+                continue
+            out.add(obj, origin)
+
+
+def _read_json_list(name: str, file: Path) -> Optional[list]:
+    """The list a `.json` file holds, or None when the file is JSON lines under a .json name."""
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            return None
+        raise DataError(
+            f"invalid JSON: {e.msg}",
+            source=name,
+            origin=f"{_display(file)}:{e.lineno}",
+            hint="a .json file holds one list of objects; use .jsonl for one object per line",
+        ) from e
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        # {"data": [...]}, a common wrapper.
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise DataError(
+            f"expected a list of objects, got {type(data).__name__}",
+            source=name,
+            origin=_display(file),
+            hint="a .json file holds one list of objects; use .jsonl for one object per line",
+        )
+    return data
+
+
+def _read_parquet(name: str, file: Path) -> List[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(file).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(
+            f"cannot read parquet file: {type(e).__name__}: {e}", source=name, origin=_display(file),
+            hint="check that the file is a complete parquet file",
+        ) from e
+
+
+def _read_hub(name: str, path: str, split: str) -> Any:
+    try:
+        import datasets
+
+        data = datasets.load_dataset(path, split=split)
+    except Exception as e:  # offline, unknown name, unknown split: all end the same way for the user
+        raise DataError(
+            f"'{path}' was not found locally (cwd {os.getcwd()}) and the Hugging Face hub could not load it, "
+            f"split '{split}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            source=name,
+            key=f"data.sources.{name}.path",
+            hint="the hub may be unreachable or offline (HF_HUB_OFFLINE): download the data set where the hub is "
+            "reachable and point the path at the local files, or fix the name/split",
+        ) from e
+    return data
+
+
+# ------------------------------------------------------------------------------------------------- validating
+
+
+def validate_row(row: Mapping[str, Any], required: Mapping[str, str]) -> None:
+    """Check that `row` has each key of `required` with a value of the given kind (one of ROW_KINDS).
+
+    Raises RowError naming the first key at fault: missing or null, an empty string, or a wrong type.
+    """
+    for key, kind in required.items():
+        if kind not in _KIND_WORDS:
+            raise ValueError(f"unknown row kind {kind!r} for key {key!r}; use one of {ROW_KINDS}")
+        if key not in row or row[key] is None:
+            raise RowError(f"missing key '{key}'", key=key, detail="" if key not in row else "value is null")
+        problem = _kind_problem(row[key], kind)
+        if problem is not None:
+            reason = "empty string" if problem == "empty" else "wrong type"
+            detail = f"expected {_KIND_WORDS[kind]}" + ("" if problem == "empty" else f", {problem}")
+            raise RowError(f"{reason} at key '{key}'", key=key, detail=detail)
+
+
+def _kind_problem(value: Any, kind: str) -> Optional[str]:
+    """None when `value` is of `kind`; "empty" for an empty string; else what was found instead."""
+    if kind == "any":
+        return None
+    if kind == "str" or (kind == "text" and isinstance(value, str)):
+        if not isinstance(value, str):
+            return f"got {type(value).__name__}"
+        return "empty" if not value.strip() else None
+    if kind in ("messages", "text"):
+        return _messages_problem(value)
+    if kind == "str_list":
+        if not isinstance(value, list) or not value:
+            return f"got {_describe(value)}"
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                return f"item {i} is {_describe(item)}"
+        return None
+    if kind == "label":
+        return None if _is_label(value) else f"got {_describe(value)}"
+    if kind == "label_list":
+        if not isinstance(value, list) or not value:
+            return f"got {_describe(value)}"
+        for i, item in enumerate(value):
+            if not (_is_label(item) or (isinstance(item, float) and 0.0 <= item <= 1.0)):
+                return f"item {i} is {_describe(item)}"
+        return None
+    raise AssertionError(kind)
+
+
+def _messages_problem(value: Any) -> Optional[str]:
+    if not isinstance(value, list) or not value:
+        return f"got {_describe(value)}"
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            return f"message {i} is {_describe(message)}"
+        for part in ("role", "content"):
+            if not isinstance(message.get(part), str):
+                return f"message {i} has no string '{part}'"
+        if not message["role"]:
+            return f"message {i} has an empty role"
+    return None
+
+
+def _is_label(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    return f"a value of type {type(value).__name__}"
+
+
+def enforce_bad_fraction(
+    name: str,
+    total: int,
+    bad: Sequence[BadRow],
+    max_bad_fraction: float,
+    *,
+    rows: Sequence[Mapping[str, Any]] = (),
+    key_fields: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Raise DataError when more than `max_bad_fraction` of a source's `total` rows are bad.
+
+    So many bad rows mean a wrong key name or format, not noise. When the most common fault is a missing key
+    named by a config field (`key_fields`: key -> field, e.g. {"question": "input_key"}), the message lists the
+    keys the rows do have and suggests `data.sources.<name>.<field>=...`.
+    """
+    if total == 0 or len(bad) <= max_bad_fraction * total:
+        return
+    counts = collections.Counter(b.reason for b in bad)
+    reason, count = counts.most_common(1)[0]
+    first = next(b for b in bad if b.reason == reason)
+    problem = (
+        f"{len(bad)} of {total} rows are bad, more than data.max_bad_fraction={max_bad_fraction}; "
+        f"most common: {count} x {reason} (first at {first.origin})"
+    )
+    hint = key_hint(name, first.key, rows, key_fields) if reason.startswith("missing key") else None
+    if hint is None and reason in ("invalid JSON", "not a JSON object", "invalid UTF-8"):
+        hint = "check the file format: .jsonl holds one JSON object per line"
+    if hint is None:
+        hint = "fix the rows, or raise data.max_bad_fraction if this much noise is expected"
+    raise DataError(problem, source=name, key=first.key, hint=hint)
+
+
+def key_hint(
+    name: str, key: Optional[str], rows: Sequence[Mapping[str, Any]], key_fields: Optional[Mapping[str, str]]
+) -> Optional[str]:
+    """For a missing `key` named by a config field (`key_fields`: key -> field, e.g. {"prompt": "input_key"}):
+    the keys the rows do have and the override that names the right one; None when no field names `key`.
+    """
+    field_name = (key_fields or {}).get(key) if key else None
+    if field_name is None:
+        return None
+    present = sorted({k for row in rows[:1000] for k in row if not k.startswith("_")})
+    unused = [k for k in present if k not in (key_fields or {})]
+    usual = [k for k in _USUAL_KEYS.get(field_name, ()) if k in unused]
+    guess = (usual or difflib.get_close_matches(key, unused, n=1, cutoff=0.0) or unused or present or ["<key>"])[0]
+    return (
+        f"the rows have keys {present}; name the right one with data.sources.{name}.{field_name}=<key> "
+        f"(e.g. data.sources.{name}.{field_name}={guess})"
+    )
