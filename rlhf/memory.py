@@ -1,12 +1,17 @@
 """Per-GPU memory estimates for training and inference roles (pure arithmetic, no torch).
 
 Training with mixed precision (Rajbhandari et al. 2020, ZeRO): bf16 weights 2P, bf16 gradients 2P, fp32
-master weights + Adam moments 12P. ZeRO stage 1 partitions the 12P over the N data-parallel ranks, stage 2 also
-the gradients, stage 3 also the weights; offload moves the optimizer (and with stage 3 the weights) to host
-memory. Activations follow Korthikanti et al. 2022 with flash/SDPA attention (no s^2 term): about 34*h bytes
-per token per layer without checkpointing, 2*h per layer plus one layer's 34*h with it. The LM head's logits
-cost about 10 bytes per token per vocabulary entry (bf16 logits, their fp32 upcast and gradient), unless the
-log-prob computation chunks them.
+master weights + Adam moments 12P (pure fp32 training: weights 4P, gradients 4P, Adam moments 8P, no master
+copy). ZeRO stage 1 partitions the optimizer states over the N data-parallel ranks, stage 2 also the gradients,
+stage 3 also the weights; offload moves the optimizer states (and with stage 3 and offload_params the weights)
+to host memory. The gradients are counted on the GPU even with offload, which overstates offloaded runs a
+little (DeepSpeed streams gradient partitions to the host in buckets).
+
+Activations follow Korthikanti et al. 2022 with flash/SDPA attention (no s^2 term), for 16-bit activations:
+about 34*h bytes per token per layer without checkpointing; with full checkpointing each layer keeps only its
+2*h-byte input and one layer's 34*h is live during recomputation. fp32 doubles both. The LM head's logits cost
+about 10 bytes per token per vocabulary entry (bf16 logits, their fp32 upcast and its gradient) unless the
+log-prob computation chunks them, which leaves about 3 (bf16 logits and a small fp32 chunk).
 """
 
 from __future__ import annotations
@@ -84,7 +89,8 @@ def training_memory(
     frozen = p - trainable
     weights = trainable * bytes_per_param + frozen * base_bytes_per_param
     grads = trainable * bytes_per_param
-    optimizer = trainable * 12
+    # Adam's two fp32 moments (8 bytes), plus an fp32 master copy (4) when the weights are 16-bit.
+    optimizer = trainable * (12 if bytes_per_param < 4 else 8)
     if zero_stage >= 1:
         optimizer /= n
     if zero_stage >= 2:
@@ -100,10 +106,12 @@ def training_memory(
         weights = 0.0
     tokens = micro_batch * seq_len
     h = shape.hidden_size
+    # The 34 and 2 bytes per hidden unit are for 16-bit activations; fp32 doubles them.
+    act_scale = bytes_per_param / 2
     if gradient_checkpointing:
-        acts = tokens * (shape.num_layers * 2 * h + 34 * h)
+        acts = tokens * (shape.num_layers * 2 * h + 34 * h) * act_scale
     else:
-        acts = tokens * shape.num_layers * 34 * h
+        acts = tokens * shape.num_layers * 34 * h * act_scale
     logits_bytes = 2 + (1 if chunked_logits else 8)
     logits = tokens * shape.vocab_size * logits_bytes
     return MemoryEstimate(
@@ -130,7 +138,9 @@ def inference_memory(
     """Peak bytes on one GPU of a frozen model (reference, reward) sharded over `shards` GPUs (ZeRO-3)."""
     weights = shape.params * bytes_per_param / max(shards, 1)
     tokens = micro_batch * seq_len
-    acts = tokens * shape.hidden_size * 4 * 2
+    # No autograd graph: only a few hidden-size buffers per token are live (residual, attention and MLP
+    # outputs), about four 16-bit ones.
+    acts = tokens * shape.hidden_size * 4 * bytes_per_param
     logits = tokens * shape.vocab_size * 3 if with_lm_head else 0
     return MemoryEstimate(role, weights / GIB, 0.0, 0.0, (acts + logits) / GIB, FRAMEWORK_OVERHEAD_GIB)
 
@@ -156,6 +166,7 @@ def rollout_memory(
     """
     reserved = gpu_memory_gb * GIB * gpu_memory_utilization
     weights = shape.params * 2 / max(tensor_parallel_size, 1)
+    # About 1 GiB of the reservation goes to vLLM's activation workspace and CUDA graphs.
     kv_free = max(reserved - weights - 1.0 * GIB, 0.0)
     per_token = kv_cache_bytes_per_token(shape) / max(tensor_parallel_size, 1)
     capacity = kv_free / per_token if per_token else float("inf")

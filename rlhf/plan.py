@@ -1,19 +1,30 @@
 """resolve_plan(config) -> Plan: every derived number computed once, checked, and frozen.
 
 Batch arithmetic (per-GPU micro-batches, accumulation), the Ray actor layout of each role, the precision and
-a per-GPU memory estimate. Bad combinations are all reported together in one PlanError before anything
-starts, each naming the config key, its value, and what to change.
+a per-GPU memory estimate (rlhf/memory.py). Bad combinations are all reported together in one PlanError before
+anything starts, each naming the config key, its value, and what to change; a configuration that does not fit
+in memory comes with the estimate of each usual remedy (ZeRO-3, offload, LoRA, QLoRA) on the same hardware.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from rlhf.algos.registry import AlgoSpec, get_algo
 from rlhf.config.run import RunConfig
-from rlhf.memory import GIB, MemoryEstimate, ModelShape, inference_memory, rollout_memory, training_memory
+from rlhf.memory import (
+    FRAMEWORK_OVERHEAD_GIB,
+    GIB,
+    MemoryEstimate,
+    ModelShape,
+    inference_memory,
+    rollout_memory,
+    training_memory,
+)
 
 
 class PlanError(ValueError):
@@ -83,15 +94,16 @@ class Plan:
         if self.family == "onpolicy":
             lines.append(
                 f"rollout         {self.rollout_samples} samples/step -> {self.updates_per_step} optimizer "
-                "updates per step"
+                "update(s) per step"
             )
         lines.append("roles           " + "; ".join(_role_line(r) for r in self.roles))
         if self.memory:
-            lines.append(f"memory (GiB per GPU, budget {self.gpu_memory_gb:.1f})")
-            lines.append("  role        weights  grads  optim  activ  other  total  host")
+            width = max(10, *(len(m.role) for m in self.memory))
+            lines.append(f"memory (GiB per GPU, budget {self.gpu_memory_gb:.1f}; rows joined by + share a GPU)")
+            lines.append(f"  {'role':<{width}}  weights  grads  optim  activ  other  total  host")
             for m in self.memory:
                 lines.append(
-                    f"  {m.role:<10} {m.weights_gib:8.2f} {m.grads_gib:6.2f} {m.optimizer_gib:6.2f} "
+                    f"  {m.role:<{width}} {m.weights_gib:8.2f} {m.grads_gib:6.2f} {m.optimizer_gib:6.2f} "
                     f"{m.activations_gib:6.2f} {m.other_gib:6.2f} {m.total_gib:6.2f} {m.host_gib:5.1f}"
                 )
         for n in self.notes:
@@ -107,8 +119,18 @@ def _role_line(r: RolePlan) -> str:
 
 
 def _choice(problems: list[str], key: str, value, allowed) -> None:
-    if value not in allowed:
-        problems.append(f"{key}={value!r} is not one of {sorted(allowed)}")
+    if value in allowed:
+        return
+    msg = f"{key}={value!r} is not one of {sorted(allowed)}"
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
+        if close:
+            msg += f"; did you mean {key}={close[0]}?"
+    problems.append(msg)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _shape(cfg: RunConfig) -> ModelShape:
@@ -128,6 +150,7 @@ def _shape(cfg: RunConfig) -> ModelShape:
 def resolve_plan(cfg: RunConfig) -> Plan:
     """Check the configuration and compute the plan; raises PlanError listing every problem found."""
     problems: list[str] = []
+    notes: list[str] = []
     try:
         spec = get_algo(cfg.algo.name)
     except ValueError as e:
@@ -143,57 +166,61 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         dtype = "bf16" if (device == "cuda" and hw.bf16) else "fp32"
     if device == "cpu" and dtype in ("bf16", "fp16"):
         problems.append(f"engine.dtype={dtype} on hw={hw.name}: CPU training runs in fp32; use engine.dtype=auto")
+    if device == "cuda" and dtype == "bf16" and not hw.bf16:
+        problems.append(
+            f"engine.dtype=bf16 but the {hw.gpu} GPUs of hw={hw.name} have no bf16 (hw.bf16=false); use "
+            "engine.dtype=fp16 or engine.dtype=auto"
+        )
 
     onpolicy = spec.family == "onpolicy"
     reference = spec.reference or (onpolicy and algo.kl_coef > 0)
-    critic = onpolicy and algo.advantage == "gae"
-    roles, actor_gpus = _roles(cfg, spec, total_gpus, reference, critic, problems)
+    critic = onpolicy and algo.advantage in _critic_estimators()
+    roles, actor_gpus = _roles(cfg, spec, total_gpus, reference, critic, problems, notes)
     world = actor_gpus if device == "cuda" else max(hw.cpu_workers, 1)
 
     micro = algo.micro_batch_per_gpu
     tbs = algo.train_batch_samples
     grad_accum = 0
     if micro < 1 or tbs < 1:
-        problems.append("algo.micro_batch_per_gpu and algo.train_batch_samples must be >= 1")
-    elif tbs % (micro * world):
-        ok = sorted({micro * world * k for k in (max(tbs // (micro * world), 1), tbs // (micro * world) + 1)})
         problems.append(
-            f"algo.train_batch_samples={tbs} is not divisible by algo.micro_batch_per_gpu={micro} x "
-            f"{world} data-parallel ranks = {micro * world}; use algo.train_batch_samples in {ok} or change "
-            "algo.micro_batch_per_gpu"
+            f"algo.micro_batch_per_gpu={micro} and algo.train_batch_samples={tbs} must both be >= 1"
         )
+    elif tbs % (micro * world):
+        problems.append(_batch_problem(tbs, micro, world))
     else:
         grad_accum = tbs // (micro * world)
 
     rollout_samples = updates = 0
     if onpolicy:
-        rollout_samples = algo.prompts_per_step * algo.samples_per_prompt
-        if algo.advantage in _group_estimators() and algo.samples_per_prompt < 2:
-            problems.append(
-                f"algo.advantage={algo.advantage} compares samples of the same prompt: set "
-                f"algo.samples_per_prompt >= 2 (got {algo.samples_per_prompt})"
-            )
-        if tbs and rollout_samples % tbs:
-            problems.append(
-                f"algo.prompts_per_step x algo.samples_per_prompt = {rollout_samples} rollout samples is not "
-                f"divisible by algo.train_batch_samples={tbs}; each rollout batch must split into whole "
-                "optimizer steps"
-            )
-        else:
-            updates = rollout_samples // tbs * algo.update_epochs if tbs else 0
-        if algo.dual_clip is not None and algo.dual_clip <= 1:
-            problems.append(f"algo.dual_clip={algo.dual_clip} must be > 1 (or null to disable)")
+        rollout_samples, updates = _check_rollout(cfg, micro, world, problems)
 
     memory: tuple[MemoryEstimate, ...] = ()
-    if device == "cuda":
-        memory = _memory(cfg, spec, roles, world, reference, critic)
-        for m in memory:
-            if m.total_gib > hw.gpu_memory_gb:
-                problems.append(_oom_advice(cfg, m))
+    if device == "cuda" and micro >= 1:
+        estimates, pools = _memory(cfg, spec, roles, world, reference, critic, dtype)
+        memory = tuple(estimates)
+        for est, members in pools:
+            if est.total_gib <= hw.gpu_memory_gb:
+                continue
+            if members == ["rollout"]:
+                problems.append(
+                    f"out of GPU memory: a vLLM engine needs about {est.total_gib:.1f} GiB per GPU for "
+                    f"{cfg.model.name_or_path} with rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} "
+                    f"but hw={hw.name} has {hw.gpu_memory_gb:g} GiB per GPU; raise rollout.tensor_parallel_size"
+                )
+            else:
+                problems.append(_oom_advice(cfg, spec, roles, world, reference, critic, dtype, est, members))
+        host = _host_gib_per_node(cfg, estimates, roles)
+        if host > hw.cpu_memory_gb:
+            problems.append(
+                f"offloaded states need about {host:.0f} GiB of host memory per node (engine.offload_optimizer="
+                f"{cfg.engine.offload_optimizer}, engine.offload_params={cfg.engine.offload_params}) but hw={hw.name} "
+                f"has {hw.cpu_memory_gb:.0f} GiB per node (hw.cpu_memory_gb); offload less, use LoRA "
+                "(model.lora.rank=16), or a hw profile with more nodes"
+            )
+        notes.extend(_rollout_notes(cfg, estimates, roles))
 
     if problems:
         raise PlanError(problems)
-    notes = []
     if device == "cpu":
         notes.append(f"CPU run: {world} data-parallel process(es), fp32, DeepSpeed on the gloo backend")
     return Plan(
@@ -220,10 +247,66 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     )
 
 
+def _batch_problem(tbs: int, micro: int, world: int) -> str:
+    """The divisibility error with the nearest valid batch sizes and the micro-batches that divide `tbs`."""
+    per_pass = micro * world
+    k = max(tbs // per_pass, 1)
+    ok_tbs = [per_pass * k, per_pass * (k + 1)]
+    ok_micro = [m for m in _divisors(tbs) if tbs % (m * world) == 0]
+    msg = (
+        f"algo.train_batch_samples={tbs} is not divisible by algo.micro_batch_per_gpu={micro} x {world} "
+        f"data-parallel rank(s) = {per_pass}; use algo.train_batch_samples in {ok_tbs}"
+    )
+    if ok_micro:
+        return msg + f", or algo.micro_batch_per_gpu in {ok_micro}"
+    return msg + f" (no algo.micro_batch_per_gpu divides {tbs} samples over {world} ranks)"
+
+
+def _check_rollout(cfg: RunConfig, micro: int, world: int, problems: list[str]) -> tuple[int, int]:
+    """On-policy batch checks; returns (rollout samples per step, optimizer updates per step)."""
+    a = cfg.algo
+    tbs = a.train_batch_samples
+    for key, value in (("prompts_per_step", a.prompts_per_step), ("samples_per_prompt", a.samples_per_prompt),
+                       ("update_epochs", a.update_epochs)):
+        if value < 1:
+            problems.append(f"algo.{key}={value} must be >= 1")
+    if a.advantage in _group_estimators() and a.samples_per_prompt < 2:
+        problems.append(
+            f"algo.advantage={a.advantage} compares samples of the same prompt: set algo.samples_per_prompt >= 2 "
+            f"(got algo.samples_per_prompt={a.samples_per_prompt}; 4 to 16 is usual)"
+        )
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        problems.append(f"algo.dual_clip={a.dual_clip} must be > 1 (or null to disable)")
+    if a.kl_coef < 0:
+        problems.append(f"algo.kl_coef={a.kl_coef} must be >= 0 (0 disables the KL term and the reference model)")
+    samples = a.prompts_per_step * a.samples_per_prompt
+    if samples < 1 or tbs < 1:
+        return max(samples, 0), 0
+    if samples % tbs:
+        ok_tbs = [t for t in _divisors(samples) if t % max(micro * world, 1) == 0]
+        prompts = tbs // math.gcd(tbs, a.samples_per_prompt)
+        fix = f"use algo.prompts_per_step in {[prompts, 2 * prompts]}"
+        if ok_tbs:
+            fix = f"use algo.train_batch_samples in {ok_tbs} or algo.prompts_per_step in {[prompts, 2 * prompts]}"
+        problems.append(
+            f"algo.prompts_per_step x algo.samples_per_prompt = {a.prompts_per_step} x {a.samples_per_prompt} = "
+            f"{samples} rollout samples is not divisible by algo.train_batch_samples={tbs}: each rollout batch "
+            f"must split into whole optimizer steps; {fix}"
+        )
+        return samples, 0
+    return samples, samples // tbs * max(a.update_epochs, 0)
+
+
 def _group_estimators() -> set[str]:
     from rlhf.algos.advantages import GROUP_ESTIMATORS
 
     return set(GROUP_ESTIMATORS)
+
+
+def _critic_estimators() -> set[str]:
+    from rlhf.algos.advantages import ESTIMATOR_NEEDS_CRITIC
+
+    return set(ESTIMATOR_NEEDS_CRITIC)
 
 
 def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
@@ -237,9 +320,15 @@ def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
     _choice(problems, "algo.lr_scheduler", cfg.algo.lr_scheduler, {"cosine", "linear", "constant"})
     _choice(problems, "mode", cfg.mode, {"train", "plan"})
     if cfg.engine.offload_params and cfg.engine.zero_stage != 3:
-        problems.append("engine.offload_params=true needs engine.zero_stage=3")
+        problems.append(
+            f"engine.offload_params=true needs engine.zero_stage=3 (got {cfg.engine.zero_stage}); use "
+            "engine=zero3_offload, or engine=zero2_offload to offload only the optimizer"
+        )
     if not cfg.data.sources:
-        problems.append("data.sources is empty: pick a data set with data=<option> or add data.sources.<name>.path")
+        problems.append(
+            "data.sources is empty: pick a data set with data=<option> (files in conf/data/); a new source is "
+            "added in a conf/data/<option>.yaml file (see conf/data/sft_mixture.yaml)"
+        )
     for name, src in cfg.data.sources.items():
         if src.weight <= 0:
             problems.append(f"data.sources.{name}.weight={src.weight} must be > 0")
@@ -258,17 +347,23 @@ def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
         _choice(problems, "algo.kl_estimator", a.kl_estimator, set(KL_ESTIMATORS))
         _choice(problems, "algo.kl_in", a.kl_in, {"reward", "loss"})
         if not cfg.reward.sources:
-            problems.append("reward.sources is empty: pick reward=<option> (numeric, math, model, remote)")
+            problems.append("reward.sources is empty: pick reward=<option> (math, model, numeric, remote)")
         for name, src in cfg.reward.sources.items():
-            _choice(problems, f"reward.sources.{name}.kind", src.kind, {"function", "model", "remote"})
-            if src.kind in ("function", "model") and not src.path:
-                problems.append(f"reward.sources.{name}.path is required for kind={src.kind}")
+            key = f"reward.sources.{name}"
+            _choice(problems, f"{key}.kind", src.kind, {"function", "model", "remote"})
+            if src.kind == "function" and not src.path:
+                problems.append(f"{key}.path is required for kind=function: set {key}.path=<module>:<function>")
+            if src.kind == "model" and not src.path:
+                problems.append(
+                    f"{key}.path is required for kind=model: set {key}.path=<Hugging Face name or local directory "
+                    "of a reward model>"
+                )
             if src.kind == "remote" and not src.url:
-                problems.append(f"reward.sources.{name}.url is required for kind=remote")
+                problems.append(f"{key}.url is required for kind=remote: set {key}.url=http://<host>:<port>/score")
         _choice(problems, "reward.combine", cfg.reward.combine, {"weighted", "sum", "mean", "min", "product"})
 
 
-def _roles(cfg, spec, total_gpus, reference, critic, problems) -> tuple[list[RolePlan], int]:
+def _roles(cfg, spec, total_gpus, reference, critic, problems, notes) -> tuple[list[RolePlan], int]:
     """Ray actor layout per role, and the number of GPUs (data-parallel ranks) of the trained model."""
     onpolicy = spec.family == "onpolicy"
     reward_models = [n for n, s in cfg.reward.sources.items() if s.kind == "model"] if onpolicy else []
@@ -290,6 +385,10 @@ def _roles(cfg, spec, total_gpus, reference, critic, problems) -> tuple[list[Rol
     ro = cfg.rollout
     vllm = onpolicy and ro.backend == "vllm"
     engine_gpus = ro.num_engines * ro.tensor_parallel_size if vllm else 0
+    if p.mode == "separate" and not onpolicy:
+        notes.append(f"placement=separate has no effect for {spec.name}: its roles share every GPU")
+    if p.mode == "separate" and onpolicy and not vllm:
+        notes.append("placement=separate with rollout=hf: the actor generates, placement.rollout_gpus is unused")
     if p.mode == "colocated" or not onpolicy:
         # All roles on every GPU; fractional GPU requests let Ray pack them on the same devices.
         n_roles = 1 + int(reference and onpolicy) + int(critic) + len(reward_models) + int(vllm)
@@ -309,7 +408,9 @@ def _roles(cfg, spec, total_gpus, reference, critic, problems) -> tuple[list[Rol
             if engine_gpus != total_gpus:
                 problems.append(
                     f"placement=colocated shares every GPU: rollout.num_engines x rollout.tensor_parallel_size "
-                    f"= {engine_gpus} must equal the {total_gpus} GPUs of hw={cfg.hw.name}"
+                    f"= {ro.num_engines} x {ro.tensor_parallel_size} = {engine_gpus} must equal the {total_gpus} "
+                    f"GPUs of hw={cfg.hw.name}; set rollout.num_engines={max(total_gpus // ro.tensor_parallel_size, 1)}"
+                    " or use placement=separate"
                 )
             roles.append(RolePlan("rollout", ro.num_engines, share * ro.tensor_parallel_size, "shared"))
         return roles, total_gpus
@@ -318,7 +419,7 @@ def _roles(cfg, spec, total_gpus, reference, critic, problems) -> tuple[list[Rol
     if vllm and p.rollout_gpus and p.rollout_gpus != engine_gpus:
         problems.append(
             f"placement.rollout_gpus={p.rollout_gpus} but rollout.num_engines x rollout.tensor_parallel_size = "
-            f"{engine_gpus}; make them equal"
+            f"{ro.num_engines} x {ro.tensor_parallel_size} = {engine_gpus}; make them equal"
         )
     used = engine_gpus
     ref_gpus = 0 if (not reference or p.colocate_actor_ref) else max(p.ref_gpus, 1)
@@ -353,7 +454,13 @@ def _roles(cfg, spec, total_gpus, reference, critic, problems) -> tuple[list[Rol
     return roles, actor
 
 
-def _memory(cfg, spec, roles, world, reference, critic) -> tuple[MemoryEstimate, ...]:
+def _memory(cfg, spec, roles, world, reference, critic, dtype):
+    """Per-role estimates plus one row per GPU shared by several roles, and the pools that must each fit.
+
+    Returns (estimates, pools) with pools a list of (estimate, role names): the estimate of what one GPU of
+    that pool holds at its peak. Roles on the same GPU add their weights and states; their activations do not
+    add up because the roles run one after another.
+    """
     shape = _shape(cfg)
     e = cfg.engine
     lora = cfg.model.lora
@@ -363,12 +470,14 @@ def _memory(cfg, spec, roles, world, reference, critic) -> tuple[MemoryEstimate,
         # LoRA on the attention projections: 2 * r * (h + h) per projection per layer, roughly.
         lora_params = cfg.model.num_layers * len(lora.target_modules) * 2 * lora.rank * cfg.model.hidden_size
         lora_fraction = min(lora_params / shape.params, 1.0)
+        # 4-bit weights plus their quantization scales.
         base_bytes = 0.56 if lora.load_in_4bit else None
     if spec.family == "onpolicy":
         seq = cfg.data.prompt_max_len + cfg.rollout.max_new_tokens
     else:
         seq = cfg.data.max_len
     pairs = 2 if spec.task == "pair" else 1
+    bytes_per_param = 4 if dtype == "fp32" else 2
     common = dict(
         dp_size=world,
         zero_stage=e.zero_stage,
@@ -377,62 +486,169 @@ def _memory(cfg, spec, roles, world, reference, critic) -> tuple[MemoryEstimate,
         gradient_checkpointing=e.gradient_checkpointing,
         offload_optimizer=e.offload_optimizer,
         offload_params=e.offload_params,
+        bytes_per_param=bytes_per_param,
         lora_fraction=lora_fraction,
         base_bytes_per_param=base_bytes,
     )
-    out = [training_memory("actor", shape, **common)]
-    shards = world if e.zero_stage == 3 else 1
+    by_role = {"actor": training_memory("actor", shape, **common)}
+    ref_plan = next((r for r in roles if r.role == "ref"), None)
     if reference:
-        out.append(inference_memory("ref", shape, shards=shards, micro_batch=common["micro_batch"], seq_len=seq))
+        own_pool = ref_plan is not None and ref_plan.pool == "ref"
+        shards = (ref_plan.num_workers if own_pool else world) if e.zero_stage == 3 else 1
+        by_role["ref"] = inference_memory(
+            "ref", shape, shards=shards, micro_batch=common["micro_batch"], seq_len=seq,
+            bytes_per_param=bytes_per_param,
+        )
     if critic:
-        out.append(training_memory("critic", shape, **dict(common, lora_fraction=1.0, base_bytes_per_param=None)))
+        by_role["critic"] = training_memory(
+            "critic", shape, **dict(common, lora_fraction=1.0, base_bytes_per_param=None)
+        )
     rollout = next((r for r in roles if r.role == "rollout"), None)
     if rollout is not None:
-        concurrent = cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt * seq
-        est, _cap = rollout_memory(
+        est, _capacity = rollout_memory(
             shape,
             gpu_memory_gb=cfg.hw.gpu_memory_gb,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-            concurrent_tokens=concurrent,
+            concurrent_tokens=cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt * seq,
         )
-        out.append(est)
-    if cfg.placement.mode == "colocated" or spec.family != "onpolicy":
-        # Roles sharing a GPU add up; a sleeping vLLM engine frees its share while training runs.
-        train_side = [m for m in out if m.role != "rollout"]
-        combined = MemoryEstimate(
-            "gpu (all)",
-            sum(m.weights_gib for m in train_side),
-            sum(m.grads_gib for m in train_side),
-            sum(m.optimizer_gib for m in train_side),
-            max(m.activations_gib for m in train_side),
-            max(m.other_gib for m in train_side),
-            sum(m.host_gib for m in train_side),
-        )
-        out.append(combined)
-    return tuple(out)
+        by_role["rollout"] = est
+
+    shared = cfg.placement.mode == "colocated" or spec.family != "onpolicy"
+    groups: list[list[str]] = []
+    if shared:
+        train_side = [r for r in ("actor", "ref", "critic") if r in by_role]
+        # A sleeping vLLM engine frees its memory while training runs; an awake one keeps its reservation.
+        resident = "rollout" in by_role and not cfg.rollout.enable_sleep
+        groups.append(train_side + (["rollout"] if resident else []))
+        if "rollout" in by_role and not resident:
+            groups.append(["rollout"])
+    else:
+        ref_with_actor = "ref" in by_role and ref_plan is not None and ref_plan.pool == "actor"
+        groups.append(["actor", "ref"] if ref_with_actor else ["actor"])
+        groups.extend([r] for r in ("ref", "critic", "rollout") if r in by_role and not (r == "ref" and ref_with_actor))
+
+    estimates = list(by_role.values())
+    pools = []
+    for names in groups:
+        members = [by_role[n] for n in names]
+        if len(members) == 1:
+            pools.append((members[0], names))
+            continue
+        combined = _combine("+".join(names), members)
+        estimates.append(combined)
+        pools.append((combined, names))
+    return estimates, pools
 
 
-def _oom_advice(cfg: RunConfig, m: MemoryEstimate) -> str:
-    hw = cfg.hw
-    tips = []
-    if cfg.engine.zero_stage < 3:
-        tips.append("engine=zero3")
-    if not cfg.engine.offload_optimizer:
-        tips.append("engine=zero3_offload (optimizer and weights on the host)")
-    if not cfg.engine.gradient_checkpointing:
-        tips.append("engine.gradient_checkpointing=true")
-    if cfg.algo.micro_batch_per_gpu > 1:
-        tips.append("a smaller algo.micro_batch_per_gpu")
-    if cfg.model.lora.rank == 0:
-        tips.append("LoRA (model.lora.rank=16) or QLoRA (+ model.lora.load_in_4bit=true)")
-    tips.append("a hw profile with more or larger GPUs")
-    return (
-        f"role {m.role} needs about {m.total_gib:.1f} GiB per GPU (weights {m.weights_gib:.1f}, grads "
-        f"{m.grads_gib:.1f}, optimizer {m.optimizer_gib:.1f}, activations {m.activations_gib:.1f}) but "
-        f"hw={hw.name} has {hw.gpu_memory_gb:.0f} GiB per GPU ({cfg.model.name_or_path}, "
-        f"{cfg.model.params_b:g}B params). To fit, try: " + "; ".join(tips)
+def _combine(name: str, members: list[MemoryEstimate]) -> MemoryEstimate:
+    """One GPU holding several roles: states add up, training activations peak one role at a time."""
+    train = [m for m in members if m.role != "rollout"]
+    kv = sum(m.activations_gib + m.other_gib for m in members if m.role == "rollout")
+    return MemoryEstimate(
+        name,
+        sum(m.weights_gib for m in members),
+        sum(m.grads_gib for m in members),
+        sum(m.optimizer_gib for m in members),
+        max((m.activations_gib for m in train), default=0.0) + kv,
+        max((m.other_gib for m in train), default=0.0),
+        sum(m.host_gib for m in members),
     )
+
+
+def _host_gib_per_node(cfg: RunConfig, estimates, roles) -> float:
+    """Host memory of offloaded states: each rank of a trained role offloads its own partition."""
+    workers = {r.role: r.num_workers for r in roles}
+    total = sum(m.host_gib * workers.get(m.role, 0) for m in estimates if m.role in ("actor", "critic"))
+    return total / max(cfg.hw.nodes, 1)
+
+
+def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
+    """Warnings about vLLM's memory: short KV cache, or training states that stay on the GPU while it generates."""
+    by_role = {m.role: m for m in estimates}
+    if "rollout" not in by_role:
+        return []
+    notes = []
+    ro = cfg.rollout
+    shape = _shape(cfg)
+    seq = cfg.data.prompt_max_len + ro.max_new_tokens
+    _est, capacity = rollout_memory(
+        shape, gpu_memory_gb=cfg.hw.gpu_memory_gb, gpu_memory_utilization=ro.gpu_memory_utilization,
+        tensor_parallel_size=ro.tensor_parallel_size, concurrent_tokens=0,
+    )
+    if capacity < seq:
+        notes.append(
+            f"vLLM: rollout.gpu_memory_utilization={ro.gpu_memory_utilization} leaves KV cache for about "
+            f"{capacity:.0f} tokens per engine, less than one sequence of {seq}; raise "
+            "rollout.gpu_memory_utilization or rollout.tensor_parallel_size"
+        )
+    if cfg.placement.mode == "colocated" and ro.enable_sleep:
+        states = sum(
+            m.weights_gib + m.grads_gib + m.optimizer_gib for r, m in by_role.items() if r in ("actor", "ref", "critic")
+        )
+        reserved = ro.gpu_memory_utilization * cfg.hw.gpu_memory_gb
+        if states + reserved > cfg.hw.gpu_memory_gb:
+            room = max((cfg.hw.gpu_memory_gb - states - FRAMEWORK_OVERHEAD_GIB) / cfg.hw.gpu_memory_gb, 0.0)
+            notes.append(
+                f"colocated generation: vLLM reserves {reserved:.1f} GiB (rollout.gpu_memory_utilization="
+                f"{ro.gpu_memory_utilization}) next to {states:.1f} GiB of training states per GPU: the trainers "
+                f"must offload their states while vLLM generates, or lower rollout.gpu_memory_utilization to about "
+                f"{room:.2f}"
+            )
+    return notes
+
+
+# Usual remedies for a run that does not fit, each as (override text, change to the typed config).
+_REMEDIES = (
+    ("engine=zero3", dict(engine=dict(zero_stage=3, gradient_checkpointing=True, offload_optimizer=False,
+                                      offload_params=False))),
+    (
+        "engine=zero3_offload",
+        dict(engine=dict(zero_stage=3, gradient_checkpointing=True, offload_optimizer=True, offload_params=True)),
+    ),
+    ("engine.gradient_checkpointing=true algo.micro_batch_per_gpu=1",
+     dict(engine=dict(gradient_checkpointing=True), algo=dict(micro_batch_per_gpu=1))),
+    ("model.lora.rank=16", dict(lora=dict(rank=16))),
+    ("model.lora.rank=16 engine=zero3", dict(lora=dict(rank=16), engine=dict(zero_stage=3, gradient_checkpointing=True))),
+    ("model.lora.rank=16 model.lora.load_in_4bit=true (QLoRA)", dict(lora=dict(rank=16, load_in_4bit=True))),
+    (
+        "model.lora.rank=16 model.lora.load_in_4bit=true engine=zero3",
+        dict(lora=dict(rank=16, load_in_4bit=True), engine=dict(zero_stage=3, gradient_checkpointing=True)),
+    ),
+)
+
+
+def _with(cfg: RunConfig, change: dict) -> RunConfig:
+    engine = replace(cfg.engine, **change.get("engine", {}))
+    algo = replace(cfg.algo, **change.get("algo", {}))
+    model = replace(cfg.model, lora=replace(cfg.model.lora, **change.get("lora", {})))
+    return replace(cfg, engine=engine, algo=algo, model=model)
+
+
+def _oom_advice(cfg, spec, roles, world, reference, critic, dtype, est: MemoryEstimate, members) -> str:
+    """What does not fit, by how much, and the estimate of each usual remedy on the same hardware."""
+    hw = cfg.hw
+    who = f"role {members[0]} needs" if len(members) == 1 else f"roles {' + '.join(members)} (sharing each GPU) need"
+    lines = [
+        f"out of GPU memory: {who} about {est.total_gib:.1f} GiB per GPU (weights {est.weights_gib:.1f}, "
+        f"grads {est.grads_gib:.1f}, optimizer {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f}, "
+        f"framework {est.other_gib:.1f}) but hw={hw.name} has {hw.gpu_memory_gb:g} GiB per GPU "
+        f"({cfg.model.name_or_path}, {cfg.model.params_b:g}B params, ZeRO-{cfg.engine.zero_stage} over {world} "
+        "rank(s)). Estimated peak per GPU with:"
+    ]
+    for text, change in _REMEDIES:
+        alt = _with(cfg, change)
+        if alt == cfg:
+            continue
+        alt_est, alt_pools = _memory(alt, spec, roles, world, reference, critic, dtype)
+        peak = next(p.total_gib for p, names in alt_pools if names == members)
+        host = _host_gib_per_node(alt, alt_est, roles)
+        verdict = "fits" if peak <= hw.gpu_memory_gb else "too large"
+        if peak <= hw.gpu_memory_gb and host > hw.cpu_memory_gb:
+            verdict = f"but needs {host:.0f} GiB of host memory per node, hw.cpu_memory_gb={hw.cpu_memory_gb:g}"
+        lines.append(f"      {text}: {peak:.1f} GiB ({verdict})")
+    lines.append("    or a hw profile with more or larger GPUs")
+    return "\n".join(lines)
 
 
 __all__ = ["Plan", "PlanError", "RolePlan", "resolve_plan", "GIB"]

@@ -1,17 +1,28 @@
 """Compose-time checks with messages that name the key, the valid choices and what to change.
 
-Hydra already refuses unknown keys and options; this adds "did you mean" and the list of valid keys, so a
-typo like `algo.betaa=0.1` reads as a fix rather than a stack trace.
+Hydra already refuses unknown keys, wrong types and unknown options, but its message sits at the bottom of a
+chain of exceptions ("Could not override 'algo.betaa'"). This reads the whole chain and rewrites it as a fix:
+the key at fault, a close match, the valid keys or options, and the command line that works. It also catches
+what Hydra lets through: keys added with `+` to a schema (the typed config would silently drop them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from pathlib import Path
 from typing import Optional
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# Hydra flags whose next argument is a value, not an override.
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p")
+_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+class ConfigError(ValueError):
+    pass
 
 
 def _compose(overrides: list[str], config_name: str = "config"):
@@ -29,56 +40,13 @@ def _compose(overrides: list[str], config_name: str = "config"):
 def compose_config(overrides: list[str], config_name: str = "config"):
     """Compose the run config (for tests and tools); raises ConfigError with a friendly message."""
     try:
-        return _compose(overrides, config_name)
+        cfg = _compose(overrides, config_name)
     except Exception as e:  # noqa: BLE001 - rewritten below with context
         raise ConfigError(explain(e, overrides, config_name)) from None
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def explain(error: Exception, overrides: list[str], config_name: str = "config") -> str:
-    text = str(error)
-    m = re.search(r"Key '([^']+)' (?:is )?not in (?:struct|'(\w+)')", text)
-    full = re.search(r"full_key: (\S+)", text)
-    if m and full:
-        key = full.group(1)
-        parent, _, leaf = key.rpartition(".")
-        valid = _valid_keys(parent, [o for o in overrides if not o.lstrip("+~").startswith(key)], config_name)
-        hint = difflib.get_close_matches(leaf, valid, n=1)
-        msg = f"unknown config key '{key}'"
-        if m.group(2):
-            msg += f" (schema {m.group(2)})"
-        if hint:
-            msg += f". Did you mean '{parent + '.' if parent else ''}{hint[0]}'?"
-        msg += f"\nvalid keys of '{parent or '<root>'}': {', '.join(sorted(valid))}"
-        return msg
-    m = re.search(r"could not be converted to (\w+)", text) or re.search(r"Value '(.+)' is not a valid", text)
-    if m and full:
-        return f"wrong type for '{full.group(1)}': {text.splitlines()[0]}"
-    m = re.search(r"Could not find '([^']+)'", text)
-    if m:
-        group = m.group(1).split("/")[0]
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        bad = m.group(1).split("/")[-1]
-        hint = difflib.get_close_matches(bad, options, n=1)
-        msg = f"unknown option '{bad}' for config group '{group}'"
-        if hint:
-            msg += f". Did you mean '{group}={hint[0]}'?"
-        return msg + f"\nvalid options: {', '.join(options)} (files in conf/{group}/)"
-    return text
-
-
-def _valid_keys(parent: str, overrides: list[str], config_name: str) -> list[str]:
-    from omegaconf import OmegaConf
-
-    try:
-        cfg = _compose(overrides, config_name)
-    except Exception:  # noqa: BLE001 - another problem; fall back to no list
-        return []
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return list(node.keys()) if hasattr(node, "keys") else []
+    problem = check_added_keys(cfg)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
 
 
 def preflight(argv: list[str]) -> Optional[str]:
@@ -87,15 +55,287 @@ def preflight(argv: list[str]) -> Optional[str]:
         return None
     if any(a.startswith(("-cd", "-cn", "--config-dir", "--config-name", "--config-path", "-cp")) for a in argv):
         return None
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
-    # Flags like `--cfg job` take a value that is not an override.
-    for flag in ("--cfg", "-c", "--package", "-p", "--info", "-i"):
-        if flag in argv:
-            i = argv.index(flag)
-            if i + 1 < len(argv) and argv[i + 1] in overrides:
-                overrides.remove(argv[i + 1])
+    overrides = _overrides(argv)
     try:
-        _compose(overrides)
+        cfg = _compose(overrides)
     except Exception as e:  # noqa: BLE001 - every composition error becomes a message
         return explain(e, overrides)
+    problem = check_added_keys(cfg)
+    if problem:
+        return problem
+    # Printing the config (--cfg, --info, --help) works with values still unset; running does not.
+    if not any(a.startswith(("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")) for a in argv):
+        return check_missing(cfg)
     return None
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    out = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in _VALUE_FLAGS or (a in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_CHOICES):
+            skip = True
+            continue
+        if a.startswith("-") or a.startswith(("hydra.", "hydra/", "+hydra", "~hydra")):
+            continue
+        out.append(a)
+    return out
+
+
+def explain(error: Exception, overrides: list[str], config_name: str = "config") -> str:
+    """Turn a composition error (Hydra or OmegaConf, possibly chained) into a message that says what to do."""
+    text = _chain_text(error)
+    full = re.search(r"full_key: (\S+)", text)
+    m = re.search(r"Key '([^']+)' not in '(\w+)'", text)
+    if m and full:
+        key = full.group(1)
+        return _unknown_key_message(key, _schema_fields(m.group(2)), m.group(2), _group_hint(key, overrides, config_name))
+    m = re.search(r"Key '([^']+)' is not in struct", text)
+    if m and full:
+        return _unknown_entry(full.group(1), text, overrides, config_name)
+    m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", text) or re.search(
+        r"Value '(.*)' is not a valid (\w+)", text
+    )
+    if m and full:
+        return _wrong_type(full.group(1), m.group(1), m.group(2), overrides, config_name)
+    m = re.search(r"Error merging override (\S+)", text)
+    sub = re.search(r"dict is not a subclass of (\w+)", text)
+    if m and sub:
+        key = m.group(1).lstrip("+~").split("=")[0]
+        return _cannot_add_typed_entry(key, sub.group(1), overrides, config_name)
+    m = re.search(r"Could not find '([^']+)'", text)
+    if m:
+        return _unknown_option(m.group(1))
+    m = re.search(r"Error parsing override '([^']*)'", text)
+    if m:
+        return _unparsable(m.group(1))
+    return text.split("\n\n")[0].strip() or type(error).__name__
+
+
+def _unknown_key_message(key: str, valid: list[str], schema: Optional[str], elsewhere: str = "") -> str:
+    parent, _, leaf = key.rpartition(".")
+    msg = f"unknown config key '{key}'"
+    if schema:
+        msg += f" (schema {schema})"
+    hint = difflib.get_close_matches(leaf, valid, n=1)
+    if elsewhere:
+        msg += f". {elsewhere}"
+    elif hint:
+        msg += f". Did you mean '{parent + '.' if parent else ''}{hint[0]}'?"
+    if valid:
+        msg += f"\nvalid keys of '{parent or '<root>'}': {', '.join(sorted(valid))}"
+    return msg
+
+
+def check_added_keys(cfg) -> Optional[str]:
+    """A message for keys added with `+` to a schema node (the typed config would drop them), else None."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def walk(node, prefix: str):
+        t = OmegaConf.get_type(node)
+        fields = {f.name for f in dataclasses.fields(t)} if dataclasses.is_dataclass(t) else None
+        for k in node.keys():
+            key = f"{prefix}{k}"
+            if fields is not None and k not in fields:
+                return _unknown_key_message(key, sorted(fields), t.__name__) + (
+                    "\n(added with '+', but a schema takes only its own fields: drop the key or fix its name)"
+                )
+            child = node._get_node(k)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                found = walk(child, key + ".")
+                if found:
+                    return found
+        return None
+
+    return walk(cfg, "")
+
+
+def check_missing(cfg) -> Optional[str]:
+    """A message naming every mandatory value (`???`) still unset, else None."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return None
+    return (
+        f"config values not set: {', '.join(missing)}; give them on the command line ("
+        + " ".join(f"{k}=..." for k in missing[:3])
+        + ") or in the option file that should define them"
+    )
+
+
+def _chain_text(error: BaseException) -> str:
+    parts, seen = [], set()
+    e: Optional[BaseException] = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__
+    return "\n".join(parts)
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _without(key: str, overrides: list[str]) -> list[str]:
+    """The overrides minus those touching `key`: the key itself, a key below it, or a dict value above it."""
+    out = []
+    for o in overrides:
+        k = _override_key(o)
+        group_choice = (CONF_DIR / k).is_dir()
+        if k == key or k.startswith(key + ".") or (key.startswith(k + ".") and not group_choice):
+            continue
+        out.append(o)
+    return out
+
+
+def _compose_quietly(overrides: list[str], config_name: str):
+    try:
+        return _compose(overrides, config_name)
+    except Exception:  # noqa: BLE001 - another problem in the command line; the caller shows less context
+        return None
+
+
+def _select(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    if cfg is None:
+        return None
+    return OmegaConf.select(cfg, key, throw_on_missing=False) if key else cfg
+
+
+def _schema_fields(schema: str) -> list[str]:
+    """Field names of a schema dataclass, found by its class name among the registered schemas."""
+    import typing
+
+    from rlhf.config.run import SCHEMAS, RunConfig
+
+    todo = [RunConfig, *(cls for group in SCHEMAS.values() for cls in group.values())]
+    seen: set[type] = set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if cls.__name__ == schema:
+            return [f.name for f in dataclasses.fields(cls)]
+        # Nested schemas: LoraConfig in ModelConfig, SourceConfig in Dict[str, SourceConfig], ...
+        for hint in typing.get_type_hints(cls).values():
+            todo.extend(t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t))
+    return []
+
+
+def _group_hint(key: str, overrides: list[str], config_name: str) -> str:
+    """'lora' is a key of 'model': when the leaf of a wrong key lives in another top-level node."""
+    parts = key.split(".")
+    if len(parts) < 2:
+        return ""
+    cfg = _compose_quietly(_without(key, overrides), config_name)
+    if cfg is None:
+        return ""
+    leaf = parts[-1]
+    homes = [g for g in cfg.keys() if g != parts[0] and hasattr(cfg[g], "keys") and leaf in cfg[g]]
+    if not homes:
+        return ""
+    rest = ".".join(parts[1:])
+    return f"'{leaf}' is a key of {', '.join(repr(h) for h in homes)}: {homes[0]}.{leaf}=... (not {parts[0]}.{rest})"
+
+
+def _unknown_entry(key: str, text: str, overrides: list[str], config_name: str) -> str:
+    """A name that is not an entry of a free-form dict (data.sources, reward.sources, deepspeed_overrides...)."""
+    parent, _, leaf = key.rpartition(".")
+    cfg = _compose_quietly(_without(key, overrides), config_name)
+    node = _select(cfg, parent)
+    entries = sorted(node.keys()) if hasattr(node, "keys") else []
+    msg = f"'{parent}' has no entry '{leaf}'"
+    msg += f" (entries: {', '.join(entries)})" if entries else " (it is empty)"
+    hint = difflib.get_close_matches(leaf, entries, n=1)
+    if hint:
+        return msg + f". Did you mean '{parent}.{hint[0]}'?"
+    typed = re.search(r"reference_type=Dict\[str, (\w+)\]", text)
+    if typed and typed.group(1) not in ("Any", "str", "int", "float", "bool"):
+        return msg + "\n" + _typed_entry_advice(parent, typed.group(1), entries)
+    override = next((o for o in overrides if _override_key(o) == key or _override_key(o).startswith(key + ".")), None)
+    if override:
+        msg += f"\nto add an entry, prefix the override with '+': +{override.lstrip('+~')}"
+    return msg
+
+
+# Option files that show a dict of several entries, quoted as examples.
+_EXAMPLES = {"data": "conf/data/sft_mixture.yaml", "reward": "conf/reward/numeric.yaml"}
+
+
+def _typed_entry_advice(parent: str, schema: str, entries: list[str]) -> str:
+    group = parent.split(".")[0]
+    example = f"{parent}.{entries[0]}.<field>=..." if entries else f"{group}=<option>"
+    like = f", like {_EXAMPLES[group]}" if group in _EXAMPLES else ""
+    return (
+        f"entries of '{parent}' are {schema} records, which Hydra cannot create from the command line: add the "
+        f"entry in an option file (conf/{group}/<option>.yaml{like}) and pick it with {group}=<option>, or change "
+        f"an existing entry ({example})"
+    )
+
+
+def _cannot_add_typed_entry(key: str, schema: str, overrides: list[str], config_name: str) -> str:
+    parent = key.rpartition(".")[0]
+    # `+data.sources.new.path=x` fails on `data.sources.new`; find the dict that holds the new entry.
+    cfg = _compose_quietly(_without(key, overrides), config_name)
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        node = _select(cfg, ".".join(parts[:i]))
+        if hasattr(node, "keys") and not dataclasses.is_dataclass(_type_of(node)):
+            parent = ".".join(parts[:i])
+            entries = sorted(node.keys())
+            return f"cannot add '{parts[i]}' to '{parent}' from the command line\n" + _typed_entry_advice(
+                parent, schema, entries
+            )
+    return f"cannot add '{key}' from the command line\n" + _typed_entry_advice(parent, schema, [])
+
+
+def _type_of(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.get_type(node)
+
+
+def _wrong_type(key: str, value: str, expected: str, overrides: list[str], config_name: str) -> str:
+    schema_text = {"Float": "a float", "Integer": "an integer", "bool": "a bool (true or false)"}
+    want = schema_text.get(expected, expected.lower())
+    msg = f"wrong type for '{key}': got '{value}', expected {want}"
+    current = _select(_compose_quietly(_without(key, overrides), config_name), key)
+    if current is not None and not hasattr(current, "keys"):
+        msg += f" (current value: {key}={_yaml_scalar(current)})"
+    return msg
+
+
+def _yaml_scalar(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _unparsable(override: str) -> str:
+    msg = f"cannot parse '{override}': overrides are key=value, e.g. algo=dpo or algo.beta=0.1"
+    groups = sorted(p.parent.name for p in CONF_DIR.glob(f"*/{override}.yaml"))
+    if groups:
+        msg += f". '{override}' is an option of {', '.join(groups)}: {groups[0]}={override}"
+    return msg
+
+
+def _unknown_option(path: str) -> str:
+    group, _, bad = path.rpartition("/")
+    group = group or path
+    folder = CONF_DIR / group
+    if not folder.is_dir():
+        groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+        return f"there is no config group '{group}' (groups: {', '.join(groups)}; folders in conf/)"
+    options = sorted(p.stem for p in folder.glob("*.yaml"))
+    msg = f"unknown option '{bad}' for config group '{group}'"
+    hint = difflib.get_close_matches(bad, options, n=1)
+    if hint:
+        msg += f". Did you mean '{group}={hint[0]}'?"
+    return msg + f"\nvalid options: {', '.join(options)} (files in conf/{group}/)"

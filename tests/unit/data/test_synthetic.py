@@ -100,6 +100,8 @@ def _user_texts(rel: str) -> set[str]:
             texts |= {m["content"] for m in row["messages"] if m["role"] == "user"}
         elif "chosen" in row and isinstance(row["chosen"], list):
             texts |= {m["content"] for m in row["chosen"] if m["role"] == "user"}
+        elif "text" in row:
+            continue  # plain pre-training text has no prompts
         else:
             texts.add(row["prompt"])
     return texts

@@ -137,8 +137,12 @@ def test_arch_loads_and_trains(model_dirs: dict[str, Path], arch: str) -> None:
     batch = tok(["What is 12 + 7?", "Sure! 12 + 7 = 19."], return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     out = model(**batch, labels=labels)
-    # Init std 0.02 makes logits near zero, so the first loss is close to a uniform guess: ln(vocab).
-    assert abs(out.loss.item() - math.log(len(tok))) < 0.3
+    if TINY_SPECS[arch].warm_steps:
+        # The chat warm-up already taught it the shipped answer style: well below a uniform guess.
+        assert out.loss.item() < math.log(len(tok)) - 1.0
+    else:
+        # Init std 0.02 makes logits near zero, so the first loss is close to a uniform guess: ln(vocab).
+        assert abs(out.loss.item() - math.log(len(tok))) < 0.3
     out.loss.backward()
     for name in ("lm_head.weight", "model.embed_tokens.weight"):
         grad = model.get_parameter(name).grad
@@ -243,7 +247,7 @@ def test_build_is_deterministic_and_leaves_global_rng(tmp_path: Path, model_dirs
 
 
 def test_bad_specs_are_named(cache: Path) -> None:
-    with pytest.raises(KeyError, match=r"unknown tiny arch 'gpt5'.*'llama', 'mixtral', 'qwen2'"):
+    with pytest.raises(KeyError, match=r"unknown tiny arch 'gpt5'.*'llama', 'llama_chat', 'mixtral', 'qwen2'"):
         tiny_model_dir("gpt5", cache_dir=cache)
     with pytest.raises(ValueError, match=r"sets \['eos_token_id', 'vocab_size'\]"):
         TINY_SPECS["llama"].with_config(vocab_size=99, eos_token_id=5)
