@@ -58,7 +58,7 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
 
 def _common_kwargs(cfg: ModelConfig, dtype: str, device: str) -> dict:
     kw = dict(
-        torch_dtype=torch_dtype(dtype),
+        dtype=torch_dtype(dtype),
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation=attn_implementation(cfg.attn_implementation, device),
     )

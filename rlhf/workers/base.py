@@ -19,6 +19,11 @@ class RankWorker:
             import torch
 
             torch.set_num_threads(int(threads))
+        # Per-file progress bars from every rank would bury the driver's own bar in the log.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address and a free port for the role's process group."""
