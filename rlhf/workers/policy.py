@@ -1,4 +1,17 @@
-"""The policy (actor) role of on-policy RL: generation (HF backend), log-probs, and the policy update."""
+"""The policy (actor) role of on-policy RL: generation, log-probs, the policy update, and the weights it
+hands to vLLM.
+
+Generation: ``rollout.backend=hf`` runs transformers' generate on the trained module;
+``rollout.backend=vllm`` with ``placement=colocated`` gives each rank its own in-process ``VLLMEngine``
+(tensor_parallel_size=1) on the rank's GPU, asleep while the trainers run and refreshed by
+``sync_weights`` after every update. With ``placement=separate`` the engines are ``RolloutWorker`` actors and
+rank 0 broadcasts the weights to them (``init_weight_sync``, ``broadcast_weights``; driven by
+``rlhf.workers.rollout.EngineFleet``).
+
+Weights for vLLM are the trained module's parameters under their Hugging Face names: gathered one decoder
+layer at a time under ZeRO-3, and with LoRA merged on the fly (W + scale * B @ A, the trained parameters are
+left untouched).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +43,13 @@ class RoleSpec:
     resume: bool
     # Optimizer steps over the whole run (for the learning-rate schedule).
     total_updates: int = 1
+    # placement.mode: with rollout.backend=vllm, "colocated" puts an engine inside each policy rank.
+    placement_mode: str = "colocated"
+    # vLLM's max_model_len (prompt + response tokens); None: the model's own limit.
+    max_model_len: Optional[int] = None
+    # vLLM sleep level while training: 1 keeps the weights in host memory, 2 drops them (they are replaced
+    # after every update anyway).
+    sleep_level: int = 2
 
 
 class TrainedRole(RankWorker):
@@ -84,16 +104,77 @@ class PolicyWorker(TrainedRole):
         )
         self.eos_ids = _eos_ids(self.engine.module, self.tokenizer)
         self.vllm = None
-        return {"setup_s": time.time() - t0, "params": sum(p.numel() for p in model.parameters())}
+        self.sync_group = None
+        info = {"setup_s": time.time() - t0, "params": sum(p.numel() for p in model.parameters())}
+        if s.rollout.backend == "vllm" and s.placement_mode == "colocated":
+            t1 = time.time()
+            self.vllm = self._start_vllm()
+            info["vllm_start_s"] = time.time() - t1
+        return info
 
-    # ---- generation (HF backend) ------------------------------------------------------------------
-    def generate(self, prompts: dict, seed: int) -> dict:
+    def _start_vllm(self):
+        """This rank's in-process engine, loading the same checkpoint the trainer started from."""
+        from rlhf.engines.vllm_engine import VLLMEngine
+        from rlhf.models.loading import resolve_path
+
+        s = self.spec
+        if s.rollout.tensor_parallel_size != 1:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={s.rollout.tensor_parallel_size} with placement=colocated: each "
+                "policy rank hosts one engine on its own GPU (tensor_parallel_size=1); use placement=separate "
+                "for sharded engines"
+            )
+        if s.model.lora.load_in_4bit:
+            raise ValueError(
+                "rollout.backend=vllm with model.lora.load_in_4bit=true: the engine needs merged 16-bit weights, "
+                "which a 4-bit base cannot give back exactly; use rollout=hf or model.lora.load_in_4bit=false"
+            )
+        return VLLMEngine(
+            resolve_path(s.model.name_or_path), dtype=_VLLM_DTYPES[self.plan.dtype],
+            gpu_memory_utilization=s.rollout.gpu_memory_utilization, tensor_parallel_size=1,
+            enable_sleep=s.rollout.enable_sleep, enforce_eager=s.rollout.enforce_eager, seed=s.seed + self.rank,
+            max_model_len=s.max_model_len, device=self.plan.device,
+        )
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def generate(self, prompts: dict, seed: int, greedy: bool = False) -> dict:
         """Sample one response per row of `prompts` (rows already repeated samples_per_prompt times).
 
         prompts: input_ids [N, P] left-padded, attention_mask [N, P]. Returns sequences [N, P+R] with R =
         rollout.max_new_tokens (right-padded), action_mask [N, R], rollout_logps [N, R] (temperature-scaled,
-        from the generation's own logits).
+        from the generation's own logits; untempered when greedy), finish_reason (N of "stop"/"length") and
+        generate_s. ``greedy`` decodes with temperature 0 (consistency checks).
         """
+        if self.vllm is not None:
+            return self._generate_vllm(prompts, greedy)
+        return self._generate_hf(prompts, seed, greedy)
+
+    def _generate_vllm(self, prompts: dict, greedy: bool) -> dict:
+        from rlhf.workers.rollout import generations_to_batch, unpadded_prompts
+
+        ro = self.spec.rollout
+        t0 = time.time()
+        if self.vllm.weights_discarded:  # slept at level 2 with no update since (e.g. eval before a step)
+            self.sync_weights()
+        self.vllm.wake_up()
+        t1 = time.time()
+        gens = self.vllm.generate(
+            unpadded_prompts(prompts["input_ids"], prompts["attention_mask"]), n=1,
+            temperature=0.0 if greedy else ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
+            max_new_tokens=ro.max_new_tokens, ignore_eos=ro.ignore_eos,
+            stop_token_ids=None if ro.ignore_eos else sorted(self.eos_ids),
+        )
+        t2 = time.time()
+        if ro.enable_sleep:
+            # Free the engine's memory before the log-prob passes and training.
+            self.vllm.sleep(self.spec.sleep_level)
+        batch = generations_to_batch(prompts["input_ids"], prompts["attention_mask"], gens, ro.max_new_tokens,
+                                     self.tokenizer.pad_token_id)
+        batch["generate_s"] = t2 - t1
+        batch["sleep_wake_s"] = (t1 - t0) + (time.time() - t2)
+        return batch
+
+    def _generate_hf(self, prompts: dict, seed: int, greedy: bool) -> dict:
         import torch
 
         from rlhf.training.sequences import action_mask_from
@@ -111,7 +192,7 @@ class PolicyWorker(TrainedRole):
             a = am[i:i + ro.generate_batch].to(self.engine.device)
             with torch.no_grad():
                 out = module.generate(
-                    input_ids=x, attention_mask=a, do_sample=ro.temperature > 0,
+                    input_ids=x, attention_mask=a, do_sample=ro.temperature > 0 and not greedy,
                     temperature=max(ro.temperature, 1e-5), top_p=ro.top_p, top_k=ro.top_k if ro.top_k > 0 else 0,
                     max_new_tokens=ro.max_new_tokens, min_new_tokens=ro.max_new_tokens if ro.ignore_eos else 0,
                     pad_token_id=pad, eos_token_id=sorted(self.eos_ids), use_cache=True,
@@ -119,7 +200,8 @@ class PolicyWorker(TrainedRole):
                 )
             resp = out.sequences[:, x.shape[1]:]
             logits = torch.stack(out.logits, dim=1).float()
-            lp = torch.log_softmax(logits / max(ro.temperature, 1e-5), -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+            temperature = 1.0 if greedy else max(ro.temperature, 1e-5)
+            lp = torch.log_softmax(logits / temperature, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
             r = resp.shape[1]
             if r < ro.max_new_tokens:
                 fill = ro.max_new_tokens - r
@@ -134,13 +216,91 @@ class PolicyWorker(TrainedRole):
         sequences = torch.cat(seqs)
         p = ids.shape[1]
         attention = torch.cat([am, action_mask], 1)
+        # "length" when the response filled max_new_tokens without an EOS (as vLLM reports it).
+        ended = [bool(set(row[m.bool()].tolist()) & self.eos_ids) and not ro.ignore_eos
+                 for row, m in zip(sequences[:, p:], action_mask)]
         return {
             "sequences": sequences, "attention_mask": attention, "action_mask": action_mask,
             "rollout_logps": torch.cat(logps), "prompt_len": p, "generate_s": time.time() - t0,
+            "finish_reason": ["stop" if e else "length" for e in ended],
         }
+
+    # ---- weights for vLLM -----------------------------------------------------------------------------
+    def sync_weights(self) -> dict:
+        """Colocated engine: load the current weights into this rank's engine (waking its weights first).
+        Every rank calls it (ZeRO-3 gathers are collective). Returns the seconds it took."""
+        if self.vllm is None:
+            return {}
+        t0 = time.time()
+        self.vllm.wake_up(["weights"])
+        self.vllm.update_weights(_rollout_weights(self.engine.module, self.spec.engine.zero_stage == 3))
+        return {"weight_sync_s": time.time() - t0}
+
+    def rollout_weight_specs(self) -> list:
+        """(HF name, wire dtype, full shape) of every tensor ``broadcast_weights`` sends, in order."""
+        from rlhf.models.loading import torch_dtype
+
+        wire = str(torch_dtype(self.plan.dtype)).removeprefix("torch.")
+        return [(name, wire, tuple(getattr(p, "ds_shape", p.shape))) for name, p, _ in _rollout_params(self.engine.module)]
+
+    def init_weight_sync(self, master_addr: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 hosts the weight-sync group with the separate rollout engines (blocks until all joined)."""
+        from rlhf.engines.vllm_engine import WeightSyncGroup
+
+        if self.rank != 0:
+            raise RuntimeError(f"init_weight_sync on policy rank {self.rank}: only rank 0 sends weights")
+        self.sync_group = WeightSyncGroup(master_addr, port, 0, world_size, backend)
+
+    def broadcast_weights(self) -> dict:
+        """Separate engines: rank 0 broadcasts the current weights; other ranks only join the ZeRO-3 gathers."""
+        from rlhf.engines.vllm_engine import broadcast_weights
+        from rlhf.models.loading import torch_dtype
+
+        t0 = time.time()
+        weights = _rollout_weights(self.engine.module, self.spec.engine.zero_stage == 3)
+        if self.rank == 0:
+            if self.sync_group is None:
+                raise RuntimeError("broadcast_weights before init_weight_sync: the driver must connect the engines")
+            sent = broadcast_weights(self.sync_group, weights, dtype=torch_dtype(self.plan.dtype))
+        else:
+            sent = 0
+            for _ in weights:  # drive the generator: its ZeRO-3 gathers need every rank
+                pass
+        return {"weight_sync_s": time.time() - t0, "weight_sync_bytes": sent}
+
+    def score_greedy(self, batch: dict) -> dict:
+        """Teacher-forced log-probs [N, R] of the batch's response tokens at temperature 1, and the largest
+        log-prob [N, R] at each position (equal when the token is the trainer's greedy choice)."""
+        import torch
+
+        from rlhf.training.sequences import position_ids
+
+        self.engine.eval()
+        chosen, best = [], []
+        with torch.no_grad():
+            for mb in self._micro(batch):
+                mb = self._device_batch(mb)
+                p = mb["prompt_len"]
+                out = self.engine(input_ids=mb["sequences"], attention_mask=mb["attention_mask"],
+                                  position_ids=position_ids(mb["attention_mask"]), use_cache=False)
+                lp = torch.log_softmax(out.logits[:, p - 1:-1].float(), -1)
+                chosen.append(lp.gather(-1, mb["sequences"][:, p:].unsqueeze(-1)).squeeze(-1).cpu())
+                best.append(lp.max(-1).values.cpu())
+        self.engine.train()
+        return {"logps": torch.cat(chosen), "top_logps": torch.cat(best)}
+
+    def close(self) -> None:
+        if self.sync_group is not None:
+            self.sync_group.close()
+            self.sync_group = None
+        if self.vllm is not None:
+            self.vllm.shutdown()
+            self.vllm = None
+        super().close()
 
     # ---- log-probs and update -------------------------------------------------------------------------
     def logps(self, batch: dict) -> "torch.Tensor":
+        """Log-probs [N, R] of the batch's response tokens at rollout.temperature."""
         import torch
 
         from rlhf.training.sequences import response_logps
@@ -178,7 +338,7 @@ class PolicyWorker(TrainedRole):
                     logp, mb["old_logps"], mb["advantages"], mask, clip_low=a.clip_low, clip_high=a.clip_high,
                     dual_clip=a.dual_clip, agg=a.loss_agg, **norm,
                 )
-                sums["train/policy_loss"] += float(loss)
+                sums["train/policy_loss"] += float(loss.detach())
                 if a.kl_coef > 0 and a.kl_in == "loss":
                     kl = kl_loss(logp, mb["ref_logps"], mask, kind=a.kl_estimator, agg=a.loss_agg, **norm)
                     loss = loss + mb["kl_coef"] * kl
@@ -208,6 +368,82 @@ class PolicyWorker(TrainedRole):
         path = self.engine.save_hf(Path(final_dir), self.tokenizer, extra_files={"rlhf_run.json": run_info})
         self.tokenizer.padding_side = "left"
         return str(path) if path else None
+
+
+_VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _rollout_params(module) -> list:
+    """(HF name, parameter, LoRA layer or None) of each weight vLLM loads, in a fixed order.
+
+    Plain models: ``named_parameters()`` (tied weights once). PEFT models: the base model's parameters,
+    ``...q_proj.base_layer.weight`` renamed ``...q_proj.weight`` and paired with its LoRA layer (merged when
+    sent); the adapters themselves are not sent.
+    """
+    if not hasattr(module, "peft_config"):
+        return [(name, p, None) for name, p in module.named_parameters()]
+    from peft.tuners.lora import LoraLayer
+
+    base = module.get_base_model()
+    lora = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out = []
+    for name, p in base.named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".base_layer.")
+        if owner and owner in lora:
+            out.append((f"{owner}.{leaf}", p, lora[owner] if leaf == "weight" else None))
+        else:
+            out.append((name, p, None))
+    return out
+
+
+def _layer_key(name: str) -> str:
+    """The decoder layer a parameter belongs to ("model.layers.3" for "model.layers.3.mlp.up_proj.weight");
+    parameters outside numbered layers are their own group."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
+
+
+def _merged(param, layer):
+    """W + sum of the active adapters' deltas (scale * B @ A) for a LoRA layer's base weight."""
+    weight = param.detach()
+    if layer is None:
+        return weight
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+    return weight
+
+
+def _rollout_weights(module, zero3: bool):
+    """Yield (HF name, tensor) for vLLM, one decoder layer at a time.
+
+    Under ZeRO-3 each layer's parameters (adapters included) are gathered for the duration of that layer and
+    the yielded tensors are copies: vLLM may hold a layer's tensors until the layer is complete, and the
+    gathered storage is released on leaving the context. Every rank must run this generator to the end.
+    """
+    import itertools
+
+    entries = _rollout_params(module)
+    if not zero3:
+        for name, p, layer in entries:
+            yield name, _merged(p, layer)
+        return
+    import deepspeed
+
+    for _, group in itertools.groupby(entries, key=lambda e: _layer_key(e[0])):
+        group = list(group)
+        params = [p for _, p, _ in group]
+        for _, _, layer in group:
+            if layer is not None:
+                params.extend(q for n, q in layer.named_parameters() if "lora_" in n)
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for name, p, layer in group:
+                yield name, _merged(p, layer).clone()
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -13,6 +13,8 @@ engine over a dedicated process group::
                    broadcast_weights(group, named_tensors, dtype=torch.bfloat16); ray.get(refs)
 
 ``specs`` is ``weight_specs(named_tensors, dtype=torch.bfloat16)`` of the same tensors in the same order.
+``EngineFleet`` does exactly this for the on-policy controller, and splits each rollout batch across the
+engines. ``generations_to_batch`` turns engine outputs into the rollout batch every placement returns.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf.engines.vllm_engine import Generation, WeightSpec
 from rlhf.workers.base import RankWorker
+
+if TYPE_CHECKING:
+    import torch
 
 
 def weight_sync_layout(num_engines: int, tensor_parallel_size: int) -> tuple[list[int], int]:
@@ -33,6 +38,45 @@ def weight_sync_layout(num_engines: int, tensor_parallel_size: int) -> tuple[lis
         raise ValueError(f"weight_sync_layout needs num_engines >= 1 and tensor_parallel_size >= 1, got "
                          f"{num_engines} and {tensor_parallel_size}")
     return [1 + i * tensor_parallel_size for i in range(num_engines)], 1 + num_engines * tensor_parallel_size
+
+
+def generations_to_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generations: Sequence[Generation],
+                         max_new_tokens: int, pad_id: int) -> dict:
+    """Engine outputs as the rollout batch of the on-policy loop (the same fields as the HF backend).
+
+    prompt_ids, prompt_mask: [N, P] left-padded; ``generations[i]`` answers row i. Returns sequences
+    [N, P + R] and attention_mask [N, P + R] with R = max_new_tokens (responses right-padded with pad_id),
+    action_mask [N, R] (1 on every returned token: vLLM stops after the EOS, which it keeps),
+    rollout_logps [N, R] (0 on padding), prompt_len P, and finish_reason (N strings, "stop" or "length").
+    """
+    import torch
+
+    n, p = prompt_ids.shape
+    if len(generations) != n:
+        raise ValueError(f"{len(generations)} generations for {n} prompt rows; expected one per row")
+    response = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
+    action_mask = torch.zeros((n, max_new_tokens), dtype=torch.long)
+    logps = torch.zeros((n, max_new_tokens), dtype=torch.float32)
+    for i, g in enumerate(generations):
+        r = len(g.response_ids)
+        if r > max_new_tokens:
+            raise ValueError(f"row {i}: {r} response tokens exceed max_new_tokens={max_new_tokens}")
+        response[i, :r] = torch.tensor(g.response_ids, dtype=torch.long)
+        logps[i, :r] = torch.tensor(g.logprobs, dtype=torch.float32)
+        action_mask[i, :r] = 1
+    return {
+        "sequences": torch.cat([prompt_ids.long(), response], 1),
+        "attention_mask": torch.cat([prompt_mask.long(), action_mask], 1),
+        "action_mask": action_mask,
+        "rollout_logps": logps,
+        "prompt_len": p,
+        "finish_reason": [g.finish_reason for g in generations],
+    }
+
+
+def unpadded_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+    """The real tokens of each left-padded row of prompt_ids [N, P] (prompt_mask [N, P] marks them)."""
+    return [row[mask.bool()].tolist() for row, mask in zip(prompt_ids, prompt_mask)]
 
 
 class RolloutWorker(RankWorker):
@@ -50,9 +94,20 @@ class RolloutWorker(RankWorker):
         self.engine = VLLMEngine(model_path, **options)
         self.start_s = time.perf_counter() - started
 
+    def ready(self) -> dict:
+        """Seconds the engine took to start (the driver waits on this before the first step)."""
+        return {"setup_s": self.start_s}
+
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], **sampling: Any) -> list[Generation]:
         """``VLLMEngine.generate``: ``n`` contiguous samples per prompt."""
         return self.engine.generate(prompt_token_ids, **sampling)
+
+    def generate_timed(self, prompt_token_ids: Sequence[Sequence[int]], **sampling: Any
+                       ) -> tuple[list[Generation], float]:
+        """``generate`` and the seconds it took inside the engine."""
+        started = time.perf_counter()
+        out = self.engine.generate(prompt_token_ids, **sampling)
+        return out, time.perf_counter() - started
 
     def sleep(self, level: int = 1) -> None:
         self.engine.sleep(level)
@@ -75,3 +130,52 @@ class RolloutWorker(RankWorker):
     def close(self) -> None:
         self.engine.close_weight_sync()
         self.engine.shutdown()
+
+
+class EngineFleet:
+    """Driver side of separate placement: ``RolloutWorker`` actors that generate, fed new weights by
+    trainer rank 0 over a ``WeightSyncGroup``.
+
+    ``engines`` and ``trainer`` are ``ActorGroup``s (rollout workers, policy workers). ``trainer`` must offer
+    ``rendezvous``, ``init_weight_sync(addr, port, world_size, backend)``, ``rollout_weight_specs()`` and
+    ``broadcast_weights()`` (``rlhf.workers.policy.PolicyWorker`` does).
+    """
+
+    def __init__(self, engines, trainer, tensor_parallel_size: int, backend: str):
+        self.engines, self.trainer = engines, trainer
+        self.tensor_parallel_size, self.backend = tensor_parallel_size, backend
+        self.specs: list[WeightSpec] = []
+
+    def connect(self) -> None:
+        """Form the weight-sync group: trainer rank 0 is rank 0, engine i's workers follow."""
+        ranks, world = weight_sync_layout(len(self.engines), self.tensor_parallel_size)
+        addr, port = self.trainer.run("rendezvous")[0]
+        joins = [w.init_weight_sync.remote(addr, port, r, world, self.backend)
+                 for w, r in zip(self.engines.actors, ranks)]
+        host = self.trainer.actors[0].init_weight_sync.remote(addr, port, world, self.backend)
+        self.trainer.wait([host], "init_weight_sync")
+        self.engines.wait(joins, "init_weight_sync")
+        self.specs = self.trainer.run("rollout_weight_specs")[0]
+
+    def sync(self) -> None:
+        """Broadcast the trainer's current weights into every engine (all trainer ranks take part: ZeRO-3
+        gathers are collective)."""
+        receivers = self.engines.submit("receive_weights", self.specs)
+        self.trainer.run("broadcast_weights")
+        self.engines.wait(receivers, "receive_weights")
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+                 pad_id: int, **sampling: Any) -> dict:
+        """One response per row of prompt_ids [N, P] (left-padded), rows split in contiguous blocks across
+        the engines; returns ``generations_to_batch``'s batch plus generate_s (the slowest engine)."""
+        prompts = unpadded_prompts(prompt_ids, prompt_mask)
+        k = len(self.engines)
+        bounds = [round(i * len(prompts) / k) for i in range(k + 1)]
+        refs = [w.generate_timed.remote(prompts[bounds[i]:bounds[i + 1]], n=1, max_new_tokens=max_new_tokens,
+                                        **sampling)
+                for i, w in enumerate(self.engines.actors)]
+        outs = self.engines.wait(refs, "generate")
+        generations = [g for part, _ in outs for g in part]
+        batch = generations_to_batch(prompt_ids, prompt_mask, generations, max_new_tokens, pad_id)
+        batch["generate_s"] = max(seconds for _, seconds in outs)
+        return batch
