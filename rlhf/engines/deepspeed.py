@@ -104,9 +104,11 @@ class TrainEngine:
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
+        # Empty groups are left out: DeepSpeed drops them from the optimizer, and a LambdaLR built with one
+        # lambda per group then fails at its first step (LoRA trains only matrices, so no_decay is empty).
         groups = [
-            {"params": decay, "weight_decay": train.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            g for g in ({"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]
         ]
         base_lr = lr if lr is not None else train.lr
         betas = tuple(train.adam_betas)

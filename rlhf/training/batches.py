@@ -7,7 +7,10 @@ from typing import Any
 
 def collate_for_task(task: str, samples: list[dict], tokenizer, *, packing: bool, attn_impl: str, dtype) -> dict:
     """Padded [B, T] batch, or with packing every sample of the micro-batch in one [1, L] row with a
-    block-diagonal causal mask and per-sample position ids (no padding at all)."""
+    block-diagonal causal mask and per-sample position ids (no padding at all). A packed batch keeps
+    "seq_lens" [N] (long; N = B, or 2B for pairs): objectives that score whole sequences split the row by it."""
+    import torch
+
     from rlhf.data.collate import make_collator
 
     if not packing:
@@ -20,7 +23,7 @@ def collate_for_task(task: str, samples: list[dict], tokenizer, *, packing: bool
     batch["position_ids"] = kw["position_ids"]
     if "attention_mask" in kw:
         batch["attention_mask_4d"] = kw["attention_mask"]
-    batch.pop("seq_lens")
+    batch["seq_lens"] = torch.tensor(batch["seq_lens"], dtype=torch.long)
     return batch
 
 

@@ -65,16 +65,30 @@ def sft_objective(model, batch, counts: StepCounts, *, ref_model=None, algo=None
     return loss_total, metrics
 
 
-def _sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed and mean response log-probs per sequence [N]."""
+def _sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed and mean response log-probs, and response tokens, per sequence [N]: one per row, or per packed
+    sequence."""
     logps, mask, _ = _forward_logps(model, batch)
-    total = (logps * mask).sum(-1)
-    n = mask.sum(-1).clamp(min=1)
-    return total, total / n
+    masked = logps * mask
+    if "seq_lens" in batch:
+        # A packed row [1, L] holds N sequences; target t (predicting token t + 1) belongs to the sequence of
+        # token t + 1. Each sequence's first token has loss mask 0, so no target crosses a boundary.
+        lens = batch["seq_lens"].to(logps.device)
+        segment = torch.repeat_interleave(torch.arange(len(lens), device=logps.device), lens)[1:]
+        total = torch.zeros(len(lens), dtype=logps.dtype, device=logps.device).index_add(0, segment, masked[0])
+        n = torch.zeros_like(total).index_add(0, segment, mask[0])
+    else:
+        total, n = masked.sum(-1), mask.sum(-1)
+    return total, total / n.clamp(min=1), n
 
 
 def reward_model_objective(model, batch, counts: StepCounts, *, ref_model=None, algo=None, micro_batches: int = 1):
     """Bradley-Terry on [chosen; rejected] stacked rows: scores from the HF sequence-classification head."""
+    if "seq_lens" in batch:
+        raise ValueError(
+            "data.packing=true is not supported for reward models (the score head pools one token per row); "
+            "set data.packing=false"
+        )
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     scores = out.logits.squeeze(-1).float()
     b = scores.shape[0] // 2
@@ -93,9 +107,9 @@ def reward_model_objective(model, batch, counts: StepCounts, *, ref_model=None, 
 
 def dpo_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1):
     """DPO/IPO/cDPO on [chosen; rejected] rows. IPO uses mean per-token log-probs (as in TRL), DPO sums."""
-    total, mean = _sequence_logps(model, batch)
+    total, mean, n_tokens = _sequence_logps(model, batch)
     with torch.no_grad():
-        ref_total, ref_mean = _sequence_logps(ref_model, batch)
+        ref_total, ref_mean, _ = _sequence_logps(ref_model, batch)
     use_mean = algo.loss == "ipo"
     pol = mean if use_mean else total
     ref = ref_mean if use_mean else ref_total
@@ -105,7 +119,7 @@ def dpo_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
     )
     loss = per_pair.sum() / counts.samples
     if algo.nll_coef > 0:
-        chosen_tokens = batch["loss_mask"][:b, 1:].sum().clamp(min=1)
+        chosen_tokens = n_tokens[:b].sum().clamp(min=1)
         loss = loss + algo.nll_coef * (-total[:b].sum() / chosen_tokens) * b / counts.samples
     metrics = {
         "train/loss": loss.detach(),
@@ -120,9 +134,9 @@ def dpo_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
 
 def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1):
     """KTO with the reference point estimated from the batch's own policy/reference log-ratio (detached)."""
-    total, _ = _sequence_logps(model, batch)
+    total, _, _ = _sequence_logps(model, batch)
     with torch.no_grad():
-        ref_total, _ = _sequence_logps(ref_model, batch)
+        ref_total, _, _ = _sequence_logps(ref_model, batch)
         kl_ref = (total - ref_total).mean().clamp(min=0)
     desirable = batch["labels"].bool()
     out = kto_loss(
