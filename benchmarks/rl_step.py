@@ -18,6 +18,7 @@ Extra ``key=value`` arguments after ``--`` are passed to the run as Hydra overri
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import subprocess
@@ -129,6 +130,9 @@ def run_one(algo: str, model_dir: Path, out_dir: Path, args, extra: list[str]) -
 
 
 def main() -> None:
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: stacks of a stuck run
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", default="grpo,ppo")
     parser.add_argument("--steps", type=int, default=3)

@@ -72,6 +72,10 @@ class Plan:
     rollout_samples: int = 0
     updates_per_step: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The conf/tuning/ file applied (its name), None when no file matched this algo, model and hardware.
+    tuning: Optional[str] = None
+    # The hardware in words: GPU, GPUs per node x nodes, links.
+    machine: str = ""
 
     def role(self, name: str) -> Optional[RolePlan]:
         return next((r for r in self.roles if r.role == name), None)
@@ -87,7 +91,9 @@ class Plan:
     def table(self) -> str:
         lines = [
             f"algo            {self.algo} ({self.family}, objective {self.objective}, data task {self.task})",
-            f"device          {self.device} x {self.total_gpus or 'CPU'}  dtype {self.dtype}  ZeRO-{self.zero_stage}",
+            f"device          {self.device} x {self.total_gpus or 'CPU'}  dtype {self.dtype}  ZeRO-{self.zero_stage}"
+            + (f"  ({self.machine})" if self.machine else ""),
+            f"tuning          {f'conf/tuning/{self.tuning}.yaml' if self.tuning else 'none'}",
             f"batch           {self.train_batch_samples} samples/step = {self.micro_batch_per_gpu} per GPU "
             f"x {self.world_size} ranks x {self.grad_accum} accumulation",
         ]
@@ -144,7 +150,15 @@ def _shape(cfg: RunConfig) -> ModelShape:
         num_heads=m.num_heads,
         num_experts=m.num_experts,
         experts_per_token=m.experts_per_token,
+        intermediate_size=m.intermediate_size,
     )
+
+
+def _machine(hw) -> str:
+    if hw.nodes * hw.gpus_per_node == 0:
+        return ""
+    links = hw.interconnect if hw.nodes == 1 else f"{hw.interconnect} in a node, {hw.network} between nodes"
+    return f"{hw.gpu}, {hw.gpus_per_node} per node x {hw.nodes} node(s), {links}"
 
 
 def resolve_plan(cfg: RunConfig) -> Plan:
@@ -244,6 +258,8 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         rollout_samples=rollout_samples,
         updates_per_step=updates,
         notes=tuple(notes),
+        tuning=cfg.tuning,
+        machine=_machine(hw),
     )
 
 
@@ -332,6 +348,11 @@ def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
     for name, src in cfg.data.sources.items():
         if src.weight <= 0:
             problems.append(f"data.sources.{name}.weight={src.weight} must be > 0")
+    if cfg.data.packing and spec.sequence_classifier:
+        problems.append(
+            f"data.packing=true with algo={spec.name}: a reward model scores one token per sequence and a packed "
+            "row holds several; set data.packing=false"
+        )
     if spec.name in ("dpo", "ipo", "cdpo"):
         _choice(problems, "algo.loss", cfg.algo.loss, {"sigmoid", "ipo"})
         if not 0 <= cfg.algo.label_smoothing < 0.5:
@@ -497,11 +518,15 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         shards = (ref_plan.num_workers if own_pool else world) if e.zero_stage == 3 else 1
         by_role["ref"] = inference_memory(
             "ref", shape, shards=shards, micro_batch=common["micro_batch"], seq_len=seq,
-            bytes_per_param=bytes_per_param,
+            bytes_per_param=bytes_per_param, zero3=e.zero_stage == 3,
         )
     if critic:
+        # The critic trains over its own GPUs (placement=separate) and has a value head instead of the LM head.
+        critic_plan = next((r for r in roles if r.role == "critic"), None)
+        critic_dp = critic_plan.num_workers if critic_plan is not None and critic_plan.pool == "critic" else world
         by_role["critic"] = training_memory(
-            "critic", shape, **dict(common, lora_fraction=1.0, base_bytes_per_param=None)
+            "critic", shape,
+            **dict(common, dp_size=critic_dp, lora_fraction=1.0, base_bytes_per_param=None, with_lm_head=False),
         )
     rollout = next((r for r in roles if r.role == "rollout"), None)
     if rollout is not None:
@@ -551,16 +576,21 @@ def _combine(name: str, members: list[MemoryEstimate]) -> MemoryEstimate:
         sum(m.grads_gib for m in members),
         sum(m.optimizer_gib for m in members),
         max((m.activations_gib for m in train), default=0.0) + kv,
-        max((m.other_gib for m in train), default=0.0),
+        # One CUDA context per GPU; each engine's own buffers (buckets, ZeRO-3 gathered parameters) add up.
+        (FRAMEWORK_OVERHEAD_GIB + sum(m.other_gib - FRAMEWORK_OVERHEAD_GIB for m in train)) if train else 0.0,
         sum(m.host_gib for m in members),
     )
 
 
 def _host_gib_per_node(cfg: RunConfig, estimates, roles) -> float:
-    """Host memory of offloaded states: each rank of a trained role offloads its own partition."""
-    workers = {r.role: r.num_workers for r in roles}
-    total = sum(m.host_gib * workers.get(m.role, 0) for m in estimates if m.role in ("actor", "critic"))
-    return total / max(cfg.hw.nodes, 1)
+    """Host memory of offloaded states on the fullest node: each rank of a trained role offloads its partition.
+
+    A role's ranks fill whole nodes first, so a node holds at most gpus_per_node ranks of each role; summing
+    that over roles bounds the fullest node (exact when roles share every GPU).
+    """
+    per_node = max(cfg.hw.gpus_per_node, 1)
+    workers = {r.role: min(r.num_workers, per_node) for r in roles}
+    return sum(m.host_gib * workers.get(m.role, 0) for m in estimates if m.role in ("actor", "critic"))
 
 
 def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
@@ -625,6 +655,14 @@ def _with(cfg: RunConfig, change: dict) -> RunConfig:
     return replace(cfg, engine=engine, algo=algo, model=model)
 
 
+def _ranks(roles, members, world: int) -> int:
+    """Data-parallel ranks of the first trained role in `members` (a critic on its own pool has its own)."""
+    for r in roles:
+        if r.role in members and r.role == "critic" and r.pool == "critic":
+            return r.num_workers
+    return world
+
+
 def _oom_advice(cfg, spec, roles, world, reference, critic, dtype, est: MemoryEstimate, members) -> str:
     """What does not fit, by how much, and the estimate of each usual remedy on the same hardware."""
     hw = cfg.hw
@@ -633,8 +671,8 @@ def _oom_advice(cfg, spec, roles, world, reference, critic, dtype, est: MemoryEs
         f"out of GPU memory: {who} about {est.total_gib:.1f} GiB per GPU (weights {est.weights_gib:.1f}, "
         f"grads {est.grads_gib:.1f}, optimizer {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f}, "
         f"framework {est.other_gib:.1f}) but hw={hw.name} has {hw.gpu_memory_gb:g} GiB per GPU "
-        f"({cfg.model.name_or_path}, {cfg.model.params_b:g}B params, ZeRO-{cfg.engine.zero_stage} over {world} "
-        "rank(s)). Estimated peak per GPU with:"
+        f"({cfg.model.name_or_path}, {cfg.model.params_b:g}B params, ZeRO-{cfg.engine.zero_stage} over "
+        f"{_ranks(roles, members, world)} rank(s)). Estimated peak per GPU with:"
     ]
     for text, change in _REMEDIES:
         alt = _with(cfg, change)

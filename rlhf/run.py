@@ -3,7 +3,7 @@
   python -m rlhf.run                                   # tiny model on CPU (the embedded default)
   python -m rlhf.run algo=dpo model=qwen2_5_0_5b hw=h100x1          # one GPU
   python -m rlhf.run algo=ppo model=llama3_8b hw=a100x8             # one node of 8 GPUs
-  python -m rlhf.run -m hydra/launcher=submitit_slurm algo=ppo model=llama3_8b hw=a100x16   # Slurm
+  python -m rlhf.run -m hydra/launcher=slurm_gpu algo=ppo model=llama3_8b hw=a100x16        # Slurm
   python -m rlhf.run mode=plan algo=grpo model=qwen2_5_7b hw=h100x8                # print the plan only
   python -m rlhf.run algo=sft --cfg job                                               # show the config
 """
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -65,6 +64,8 @@ def _hydra_job() -> dict:
 def execute(dcfg: DictConfig, progress: bool = True):
     """Run one composed config end to end; returns the RunResult (None in plan mode)."""
     from rlhf.plan import resolve_plan
+    from rlhf.tracking.callbacks import sweep_parent
+    from rlhf.tracking.lineage import log_lineage, log_objective, previous_run_id, write_run_record
     from rlhf.tracking.mlflow_tracker import git_commit, make_tracker
 
     cfg = OmegaConf.to_object(dcfg)
@@ -76,10 +77,15 @@ def execute(dcfg: DictConfig, progress: bool = True):
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg))
     (out / "plan.json").write_text(plan.to_json())
+    sweep = sweep_parent()
+    parent_run_id = sweep["run_id"] if sweep else None
+    # A requeued or resumed job continues the MLflow run of its earlier attempt in the same output_dir.
     tracker = make_tracker(cfg.tracking, run_name=f"{cfg.algo.name}-{Path(cfg.model.name_or_path).name}",
-                           parent_run_id=os.environ.get("RLHF_PARENT_RUN_ID"))
+                           parent_run_id=parent_run_id, resume_run_id=previous_run_id(out) if cfg.resume else None)
     tracker.set_tags({"algo": cfg.algo.name, "model": cfg.model.name_or_path, "hw": cfg.hw.name,
                       "git_commit": git_commit(), "output_dir": str(out), **_hydra_job()})
+    if tracker.run_id:
+        write_run_record(out, tracker, parent_run_id)
     tracker.log_params(OmegaConf.to_container(dcfg, resolve=True))
     tracker.log_text(OmegaConf.to_yaml(dcfg), "config.yaml")
     tracker.log_text(plan.to_json(), "plan.json")
@@ -87,12 +93,15 @@ def execute(dcfg: DictConfig, progress: bool = True):
     print(plan.table())
     status = "FAILED"
     try:
-        result = _controller(plan.family)(cfg, plan, tracker, out, progress=progress)
+        log_lineage(tracker, cfg, out)
+        with _isolated(plan, out):
+            result = _controller(plan.family)(cfg, plan, tracker, out, progress=progress)
         if result.model_dir and cfg.tracking.log_model and _dir_size(result.model_dir) < 1 << 30:
             tracker.log_artifacts(result.model_dir, "model")
         if result.objective:
             tracker.log_metrics({"objective/" + result.objective[0].replace("/", "_"): result.objective[1]},
                                 result.steps)
+            log_objective(tracker, *result.objective, _higher_is_better(plan), result.steps)
         status = "FINISHED"
     finally:
         tracker.end(status)
@@ -100,8 +109,40 @@ def execute(dcfg: DictConfig, progress: bool = True):
     return result
 
 
+def _isolated(plan, out: Path):
+    """A sweep point gets its own local Ray (temp dir, namespace) that ends with it; a single run changes nothing."""
+    from contextlib import nullcontext
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from rlhf.launch.isolation import point_key, ray_namespace, sweep_point
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return nullcontext()
+    if hc.mode != RunMode.MULTIRUN:
+        return nullcontext()
+    namespace = ray_namespace(hc.job.config_name, hc.job.get("num", 0), point_key(out))
+    return sweep_point(out, namespace, num_gpus=plan.total_gpus,
+                       cpu_processes=sum(r.num_workers for r in plan.roles))
+
+
+def _higher_is_better(plan) -> bool:
+    from rlhf.controllers.offline import OBJECTIVE_METRIC
+
+    # On-policy runs optimize the evaluation reward; offline objectives name their own direction.
+    return OBJECTIVE_METRIC[plan.objective][1] if plan.family == "offline" else True
+
+
 def _dir_size(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# Shown first in the summary, when the run has them: what a user checks before anything else.
+_HEADLINE = ("rollout/reward_mean", "train/loss", "train/policy_loss", "train/accuracy", "train/reward_accuracy",
+             "train/margin", "rollout/kl", "rollout/response_len_mean")
 
 
 def _summary(cfg, plan, result, tracker, out: Path) -> None:
@@ -111,12 +152,19 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
         f"finished {result.steps} steps in {result.wall_s:.1f}s",
     ]
     keys = [k for k in result.last if k.startswith(("train/", "rollout/", "reward/"))
-            and not k.endswith(("lr", "grad_norm", "tokens"))]
-    for k in sorted(keys)[:8]:
+            and not k.endswith(("lr", "grad_norm", "tokens", "_std"))]
+    ordered = [k for k in _HEADLINE if k in keys] + sorted(k for k in keys if k not in _HEADLINE)
+    lines.append(f"   {'first step -> last step':<28}")
+    for k in ordered[:8]:
         a, b = result.first.get(k), result.last.get(k)
         if a is not None and b is not None:
             lines.append(f"   {k:<28} {a:10.4f} -> {b:10.4f}")
-    for k, v in sorted(result.eval.items())[:6]:
+    evals = dict(result.eval)
+    start, end = evals.pop("eval/start_reward_mean", None), evals.get("eval/reward_mean")
+    if start is not None and end is not None:
+        lines.append(f"   {'held-out reward':<28} {start:10.4f} -> {end:10.4f}   (start -> end of training)")
+        evals.pop("eval/reward_mean")
+    for k, v in sorted((k, v) for k, v in evals.items() if not k.startswith("eval/start_"))[:6]:
         lines.append(f"   {k:<28} {v:10.4f}")
     lines.append(f"   model      {result.model_dir}")
     lines.append(f"   outputs    {out}")
@@ -128,10 +176,15 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def hydra_main(dcfg: DictConfig) -> Optional[float]:
+    from rlhf.launch.ray_cluster import submitit_ray_cluster
     from rlhf.plan import PlanError
 
     try:
-        result = execute(dcfg)
+        # A multi-node submitit job: rank 0 leads a Ray cluster and trains, the other ranks only serve Ray.
+        with submitit_ray_cluster(_output_dir(dcfg)) as role:
+            if role == "worker":
+                return None
+            result = execute(dcfg)
     except PlanError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -142,7 +195,13 @@ def hydra_main(dcfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
+    import faulthandler
+    import signal
+
     from rlhf.config.preflight import preflight
+
+    # `kill -USR1 <pid>` prints the driver's stacks (workers do the same): the first look at a hang.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     problem = preflight(sys.argv[1:])
     if problem:

@@ -17,7 +17,10 @@ class HwConfig:
     # Host memory of one node, GiB (CPU offload and CPU runs draw on it).
     cpu_memory_gb: float = 16.0
     cpus_per_node: int = 2
+    # Link between the GPUs of one node: nvlink, pcie, or none (a single GPU).
     interconnect: str = "none"
+    # Link between nodes: infiniband, ethernet, or none (a single node).
+    network: str = "none"
     # Dense bf16 peak of one GPU, TFLOP/s (for MFU).
     peak_tflops: float = 0.0
     bf16: bool = False

@@ -33,7 +33,12 @@ class ModelConfig:
     # Mixture-of-experts router load-balancing loss coefficient (0 disables; Mixtral uses 0.02).
     moe_aux_loss_coef: float = 0.0
     lora: LoraConfig = field(default_factory=LoraConfig)
-    # Architecture numbers for the planner (memory estimate); filled by each preset.
+    # Architecture numbers for the planner (memory estimate); filled by each preset from the model's HF
+    # config.json. model_type is that file's `model_type` (llama, qwen2, mixtral): it lets tools rebuild the
+    # architecture offline (benchmarks/memory_check.py).
+    model_type: str = "llama"
+    # The LM head shares the embedding matrix (Qwen2.5 up to 3B): one vocab x hidden matrix instead of two.
+    tie_word_embeddings: bool = False
     params_b: float = MISSING
     hidden_size: int = MISSING
     num_layers: int = MISSING

@@ -34,6 +34,8 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # Name of the conf/tuning/ file applied (set by that file itself; None when none matched).
+    tuning: Optional[str] = None
     # train: run the job; plan: print the resolved plan and exit.
     mode: str = "train"
     seed: int = 0

@@ -1,8 +1,10 @@
 """Experiment tracking: MLflow (local sqlite store by default, any tracking URI) or nothing.
 
 What a run records: the resolved config (flattened params + config.yaml artifact), the plan (plan.json and
-plan.txt), tags (algo, model, hw, git commit, Hydra job), metrics named `<area>/<name>` per step, data
-summaries, and the final model directory (as an artifact, or its path).
+plan.txt), tags (algo, model, hw, git commit, Hydra job, host), metrics named `<area>/<name>` per step, the
+data sources as dataset inputs with content digests, system metrics (when psutil is installed and
+`tracking.log_system_metrics=true`), and the final model directory (as an artifact, or its path).
+A run of a sweep is a child of the sweep's parent run (`mlflow.parentRunId`, see rlhf/tracking/callbacks.py).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class NullTracker:
     def log_dict(self, d: dict, name: str) -> None: ...
     def log_artifacts(self, path: str, name: Optional[str] = None) -> None: ...
     def set_tags(self, tags: dict) -> None: ...
+    def log_inputs(self, digests: list, weights: dict) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
     def ui_hint(self) -> str:
         return "tracking disabled (tracking=none)"
@@ -73,7 +76,7 @@ class NullTracker:
 
 class MLflowTracker:
     def __init__(self, *, uri: Optional[str], experiment: str, run_name: Optional[str], parent_run_id=None,
-                 log_system_metrics: bool = False):
+                 log_system_metrics: bool = False, resume_run_id: Optional[str] = None):
         import mlflow
 
         self.mlflow = mlflow
@@ -92,14 +95,34 @@ class MLflowTracker:
         else:
             self.experiment_id = exp.experiment_id
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-        self.run = mlflow.start_run(
-            experiment_id=self.experiment_id, run_name=run_name, tags=tags, log_system_metrics=log_system_metrics
-        )
+        # psutil samples CPU/memory; without it MLflow would only warn once per run.
+        log_system_metrics = log_system_metrics and _has_psutil()
+        if resume_run_id and self._run_exists(resume_run_id):
+            # A requeued job continues its own run, so one sweep point stays one child.
+            self.run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=log_system_metrics)
+        else:
+            self.run = mlflow.start_run(
+                experiment_id=self.experiment_id, run_name=run_name, tags=tags, log_system_metrics=log_system_metrics
+            )
         self.run_id = self.run.info.run_id
+
+    def _run_exists(self, run_id: str) -> bool:
+        try:
+            return self.mlflow.get_run(run_id).info.experiment_id == self.experiment_id
+        except Exception:  # noqa: BLE001 - another store or a deleted run: start a fresh one
+            return False
 
     def log_params(self, params: dict) -> None:
         flat = {k: ("None" if v is None else v) for k, v in flatten(params).items()}
-        items = list(flat.items())
+        # A resumed run keeps its first config as params (MLflow refuses to change them); what the resuming
+        # command changed is recorded as tags, so the run still tells which settings its later steps used.
+        logged = self.mlflow.get_run(self.run_id).data.params
+        changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)[:6000]}
+        if changed:
+            log.warning("resumed run %s: config changed since it started: %s", self.run_id,
+                        ", ".join(f"{k} {logged[k]} -> {v}" for k, v in sorted(changed.items())[:10]))
+            self.mlflow.set_tags({f"resumed_with.{k}": str(v)[:5000] for k, v in changed.items()})
+        items = [(k, v) for k, v in flat.items() if k not in logged]
         for i in range(0, len(items), 100):
             self.mlflow.log_params(dict(items[i:i + 100]))
 
@@ -120,6 +143,11 @@ class MLflowTracker:
     def set_tags(self, tags: dict) -> None:
         self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def log_inputs(self, digests: list, weights: dict) -> None:
+        from rlhf.tracking.datasets import log_dataset_inputs
+
+        log_dataset_inputs(self.mlflow, digests, weights)
+
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
 
@@ -129,8 +157,15 @@ class MLflowTracker:
         return f"open {self.uri} (run {self.run_id})"
 
 
-def make_tracker(cfg, run_name: Optional[str] = None, parent_run_id: Optional[str] = None):
-    """A tracker for the tracking config slice (`TrackingConfig`)."""
+def _has_psutil() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("psutil") is not None
+
+
+def make_tracker(cfg, run_name: Optional[str] = None, parent_run_id: Optional[str] = None,
+                 resume_run_id: Optional[str] = None):
+    """A tracker for the tracking config slice (`TrackingConfig`); `resume_run_id` continues that run."""
     if cfg.backend == "none":
         return NullTracker()
     return MLflowTracker(
@@ -139,4 +174,5 @@ def make_tracker(cfg, run_name: Optional[str] = None, parent_run_id: Optional[st
         run_name=cfg.run_name or run_name,
         parent_run_id=parent_run_id,
         log_system_metrics=cfg.log_system_metrics,
+        resume_run_id=resume_run_id,
     )

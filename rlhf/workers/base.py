@@ -9,6 +9,11 @@ import random
 
 class RankWorker:
     def __init__(self, rank: int, world_size: int):
+        import faulthandler
+        import signal
+
+        # `kill -USR1 <pid>` prints every thread's stack into the worker log: the first thing to look at in a hang.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.rank = rank
         self.world_size = world_size
         logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")

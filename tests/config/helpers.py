@@ -15,6 +15,25 @@ from rlhf.config.preflight import CONF_DIR, compose_config
 
 # The groups of conf/ this suite composes option by option; a new folder must be added here (and tested).
 GROUPS = ("algo", "model", "data", "hw", "placement", "engine", "rollout", "reward", "tracking")
+# Folders of conf/ without a schema: `tuning/<algo>_<model>_<hw>.yaml` files (package _global_) picked by the
+# primary defaults list; tests/config/test_tuning.py composes and plans each one.
+UNTYPED_GROUPS = ("tuning",)
+
+
+def tuning_files() -> list[str]:
+    return options("tuning")
+
+
+def tuning_triple(name: str) -> tuple[str, str, str]:
+    """(algo, model, hw) of a tuning file name, matched against the option files on disk."""
+    for algo in options("algo"):
+        for hw in options("hw"):
+            prefix, suffix = f"{algo}_", f"_{hw}"
+            if name.startswith(prefix) and name.endswith(suffix):
+                model = name[len(prefix) : -len(suffix)]
+                if model in options("model"):
+                    return algo, model, hw
+    raise AssertionError(f"conf/tuning/{name}.yaml is not named <algo>_<model>_<hw> after existing option files")
 
 
 def options(group: str) -> list[str]:

@@ -42,8 +42,10 @@ def test_make_run_trains_and_reports(tmp_path):
     assert head, text[-3000:]
     assert head.group(1) == "grpo" and head.group(2) == "tiny:llama_chat" and int(head.group(3)) > 0
     # Start vs end of a reward: "<metric>  <first> -> <last>".
-    assert re.search(r"^\s+reward/\S+\s+-?[\d.]+ ->\s+-?[\d.]+$", text, re.M), text[-3000:]
-    assert re.search(r"^\s+eval/reward_mean\s+-?[\d.]+$", text, re.M), text[-3000:]
+    assert re.search(r"^\s+rollout/reward_mean\s+-?[\d.]+ ->\s+-?[\d.]+$", text, re.M), text[-3000:]
+    held_out = re.search(r"^\s+held-out reward\s+(-?[\d.]+) ->\s+(-?[\d.]+)", text, re.M)
+    assert held_out, text[-3000:]
+    assert 0.0 <= float(held_out.group(1)) <= 1.0 and 0.0 <= float(held_out.group(2)) <= 1.0
     # Where the model went, the MLflow run and how to browse it.
     model = re.search(r"^\s+model\s+(\S+)$", text, re.M)
     assert model and Path(model.group(1)) == out / "final", text[-3000:]

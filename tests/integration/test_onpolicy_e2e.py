@@ -174,4 +174,4 @@ def test_resume_continues_where_the_checkpoint_stood(tmp_path: Path) -> None:
     assert worst < 1e-5, worst
     # Resuming under another algorithm is refused instead of loading mismatched roles.
     with pytest.raises(Exception, match="resume"):
-        _run(tmp_path, *_short("grpo"), "algo.max_steps=4", "tracking=none", name="resumed")
+        _run(tmp_path, *_short("grpo"), "algo.max_steps=4", name="resumed")

@@ -1,0 +1,151 @@
+"""rlhf/plan.py on real model presets: plan-level orderings, role pools, and the architecture numbers it uses.
+
+Configurations are composed once and varied with dataclasses.replace (the groups do not interpolate each
+other), so the file runs in about a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+from omegaconf import OmegaConf
+
+from rlhf.config.preflight import compose_config
+from rlhf.plan import PlanError, resolve_plan
+
+# The published config.json numbers: hidden, layers, heads, kv heads, intermediate, vocab, experts, tied.
+HF_CONFIGS = {
+    "qwen2_5_0_5b": (896, 24, 14, 2, 4864, 151936, 1, True),
+    "qwen2_5_1_5b": (1536, 28, 12, 2, 8960, 151936, 1, True),
+    "qwen2_5_7b": (3584, 28, 28, 4, 18944, 152064, 1, False),
+    "llama3_8b": (4096, 32, 32, 8, 14336, 128256, 1, False),
+    "llama3_8b_instruct": (4096, 32, 32, 8, 14336, 128256, 1, False),
+    "llama3_70b": (8192, 80, 64, 8, 28672, 128256, 1, False),
+    "mixtral_8x7b": (4096, 32, 32, 8, 14336, 32000, 8, False),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(*overrides: str):
+    return compose_config(list(overrides))
+
+
+def typed(*overrides: str):
+    return OmegaConf.to_object(_composed(*overrides))
+
+
+def _with(run, **groups):
+    """Replace fields of nested nodes: _with(run, engine=dict(zero_stage=3), algo=dict(micro_batch_per_gpu=1))."""
+    changes = {k: dataclasses.replace(getattr(run, k), **v) for k, v in groups.items()}
+    return dataclasses.replace(run, **changes)
+
+
+def _params(m) -> float:
+    head_dim = m.hidden_size // m.num_heads
+    attn = 2 * m.hidden_size * m.hidden_size + 2 * m.hidden_size * m.num_kv_heads * head_dim
+    mlp = 3 * m.hidden_size * m.intermediate_size * m.num_experts
+    return m.num_layers * (attn + mlp) + m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)
+
+
+@pytest.mark.parametrize("option", sorted(HF_CONFIGS))
+def test_model_presets_hold_the_published_architecture(option):
+    m = typed(f"model={option}").model
+    got = (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size, m.vocab_size,
+           m.num_experts, m.tie_word_embeddings)
+    assert got == HF_CONFIGS[option]
+    # params_b agrees with the shape to 1% (biases and norms are the rest).
+    assert _params(m) / 1e9 == pytest.approx(m.params_b, rel=0.01)
+    assert m.model_type in ("llama", "qwen2", "mixtral")
+
+
+# SFT of Llama-3-8B on 8 A100s: 64 samples of 4 per GPU x 8 ranks x 2 accumulation, no tuning file.
+SFT = ("algo=dpo", "model=llama3_8b", "hw=a100x8", "~tuning", "algo.train_batch_samples=64")
+
+
+def _actor(plan):
+    return next(m for m in plan.memory if m.role == "actor")
+
+
+def test_plan_zero3_below_zero2_per_gpu():
+    run = typed(*SFT)
+    z2 = resolve_plan(_with(run, engine=dict(zero_stage=2)))
+    z3 = resolve_plan(_with(run, engine=dict(zero_stage=3)))
+    assert _actor(z3).total_gib < _actor(z2).total_gib
+    assert (z2.zero_stage, z3.zero_stage) == (2, 3)
+
+
+def test_plan_checkpointing_lowers_activations():
+    run = typed(*SFT)
+    off = resolve_plan(_with(run, engine=dict(gradient_checkpointing=False)))
+    on = resolve_plan(_with(run, engine=dict(gradient_checkpointing=True)))
+    assert _actor(on).activations_gib < _actor(off).activations_gib
+
+
+def test_plan_offload_moves_optimizer_to_host():
+    run = typed(*SFT)
+    plain = _actor(resolve_plan(_with(run, engine=dict(zero_stage=3))))
+    off = _actor(resolve_plan(_with(run, engine=dict(zero_stage=3, offload_optimizer=True))))
+    assert off.optimizer_gib == 0 < plain.optimizer_gib and off.host_gib > plain.host_gib == 0
+
+
+def test_plan_lora_reduces_grads_and_optimizer():
+    run = typed(*SFT)
+    full = _actor(resolve_plan(run))
+    lora = _actor(resolve_plan(_with(run, model=dict(lora=dataclasses.replace(run.model.lora, rank=16)))))
+    # 32 layers x 4 projections x 2 x 16 x 4096 = 16.8M trainable of 8.03B: about 0.2%.
+    assert lora.grads_gib == pytest.approx(full.grads_gib * 32 * 4 * 2 * 16 * 4096 / 8.03e9)
+    assert lora.optimizer_gib < 0.01 * full.optimizer_gib
+    assert lora.weights_gib == pytest.approx(full.weights_gib)
+
+
+def test_critic_on_its_own_gpus_is_sharded_over_them():
+    run = typed("algo=ppo", "model=llama3_8b", "hw=a100x16")
+    plan = resolve_plan(run)
+    critic = next(m for m in plan.memory if m.role == "critic")
+    # ZeRO-2 over the critic's 4 GPUs: 12 bytes x 8.03e9 / 4 of Adam states.
+    assert plan.role("critic").num_workers == 4
+    assert critic.optimizer_gib == pytest.approx(12 * 8.03e9 / 4 / 2**30)
+
+
+def test_critic_on_one_gpu_is_refused_naming_its_ranks():
+    run = typed("algo=ppo", "model=llama3_8b", "hw=a100x16", "placement.critic_gpus=1", "placement.actor_gpus=8")
+    with pytest.raises(PlanError) as info:
+        resolve_plan(run)
+    (problem,) = info.value.problems
+    assert problem.startswith("out of GPU memory: role critic needs") and "ZeRO-2 over 1 rank(s)" in problem
+
+
+def test_plan_table_names_tuning_and_machine():
+    table = resolve_plan(typed("algo=ppo", "model=llama3_8b", "hw=a100x16")).table()
+    assert "tuning          conf/tuning/ppo_llama3_8b_a100x16.yaml" in table
+    assert "A100-80GB, 8 per node x 2 node(s), nvlink in a node, infiniband between nodes" in table
+
+
+def test_memory_check_dry_mode_prints_the_planner_side(tmp_path, capsys, monkeypatch):
+    """benchmarks/memory_check.py --dry runs without a GPU and writes the planner's numbers as JSON."""
+    import importlib.util
+    import json
+
+    from rlhf.config.preflight import CONF_DIR
+
+    path = CONF_DIR.parent / "benchmarks" / "memory_check.py"
+    spec = importlib.util.spec_from_file_location("memory_check", path)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve the module's annotations through sys.modules.
+    monkeypatch.setitem(__import__("sys").modules, "memory_check", module)
+    spec.loader.exec_module(module)
+    out = tmp_path / "mc.json"
+    assert module.main(["--dry", "--presets", "qwen2_5_0_5b", "--roles", "sft,dpo", "--zero", "2",
+                        "--out", str(out)]) == 0
+    cases = json.loads(out.read_text())["cases"]
+    assert [(c["role"], c["estimate_row"]) for c in cases] == [("sft", "actor"), ("dpo", "actor+ref")]
+    assert all(c["allocated_gib"] is None and c["estimate_gib"] > c["estimate_no_overhead_gib"] > 0 for c in cases)
+    assert "qwen2_5_0_5b   sft" in capsys.readouterr().out
+
+
+def test_packing_is_refused_for_reward_models_but_not_sft():
+    with pytest.raises(PlanError, match=r"data.packing=true with algo=rm.*data.packing=false"):
+        resolve_plan(typed("algo=rm", "data.packing=true"))
+    assert resolve_plan(typed("algo=sft", "data.packing=true")).world_size == 1
