@@ -46,8 +46,10 @@ def ds_config(
     }
     if train:
         cfg["gradient_clipping"] = max_grad_norm
-        if dtype == "bf16":
-            # Accumulate gradients in fp32 across micro-batches: bf16 accumulation loses small updates.
+        if dtype == "bf16" and engine.zero_stage > 0:
+            # Accumulate gradients in fp32 across micro-batches: bf16 accumulation loses small updates. DeepSpeed
+            # has no ZeRO-0 optimizer for bf16 weights with fp32 accumulation (it raises "unsupported mix"), so
+            # ZeRO-0 keeps its bf16 data-parallel path.
             cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     return _merge(cfg, engine.deepspeed_overrides)
 
