@@ -34,6 +34,7 @@ class ActorGroup:
 
         self.role = role
         self.timeout_s = timeout_s
+        self.placement_group = placement_group
         remote_cls = ray.remote(actor_cls)
         self.actors = []
         for rank in range(num_workers):
@@ -93,6 +94,16 @@ class ActorGroup:
             except Exception:  # noqa: BLE001 - already dead
                 pass
         self.actors = []
+        if self.placement_group is not None:
+            # Give the GPUs back to the cluster: a later run in this process (a sweep point, a test) would
+            # otherwise find them reserved. Roles sharing a pool remove it once; later calls find it gone.
+            from ray.util.placement_group import remove_placement_group
+
+            try:
+                remove_placement_group(self.placement_group)
+            except Exception:  # noqa: BLE001 - already removed by a role sharing the pool
+                pass
+            self.placement_group = None
 
 
 def _root(e: BaseException) -> str:
