@@ -40,3 +40,31 @@ def test_roles_share_a_bundle_and_release_it(one_logical_gpu) -> None:
         ref.shutdown()
     with pytest.raises(RoleError, match="could not reserve 2 GPU bundles"):
         make_placement_group(2, 1.0, timeout_s=2)
+
+
+class _Slow:
+    def __init__(self, rank: int, world_size: int):
+        self.rank = rank
+
+    def work(self, seconds: float) -> int:
+        import time
+
+        time.sleep(seconds)
+        return self.rank
+
+
+def test_a_killed_rank_stops_the_call_with_its_role_and_rank(one_logical_gpu) -> None:
+    """Killing one actor mid-call ends the wait at once with an error naming the role and rank (no hang)."""
+    import time
+
+    from rlhf.workers.group import ActorGroup, RoleError
+
+    group = ActorGroup("critic", _Slow, 2, gpus_per_worker=0, timeout_s=120)
+    assert group.run("work", 0.0) == [0, 1]
+    refs = group.submit("work", 60.0)
+    ray.kill(group.actors[1])
+    started = time.time()
+    with pytest.raises(RoleError, match=r"role critic rank 1 failed in work"):
+        group.wait(refs, "work")
+    assert time.time() - started < 30
+    group.shutdown()
