@@ -480,12 +480,9 @@ class _Loop:
         """Load the newest checkpoint under output_dir, if any; returns the step to continue from."""
         from rlhf.controllers.rl_state import resume_rl_state
 
-        state = resume_rl_state(self.roles, output_dir)
+        state = resume_rl_state(self.roles, output_dir, self.a.name)
         if state is None:
             return 0
-        if state.get("algo") != self.a.name:
-            raise RuntimeError(f"{output_dir}/checkpoints holds a {state.get('algo')} run; resume it with "
-                               f"algo={state.get('algo')} or start a new output_dir")
         self.kl_ctl.value = float(state["kl_coef"])
         self.reward_stats.count, self.reward_stats.mean, self.reward_stats.m2 = state["reward_stats"]
         return int(state["step"])

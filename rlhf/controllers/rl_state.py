@@ -42,11 +42,17 @@ def save_rl_state(roles: dict, output_dir: Path, step: int, driver_state: dict, 
     return final
 
 
-def resume_rl_state(roles: dict, output_dir: Path) -> Optional[dict]:
-    """Load the newest complete checkpoint into the trained roles; returns its driver state, or None."""
+def resume_rl_state(roles: dict, output_dir: Path, algo: str) -> Optional[dict]:
+    """Load the newest complete checkpoint into the trained roles; returns its driver state, or None.
+
+    Refuses, before loading anything, a checkpoint written by another algorithm."""
     latest = ck.latest_checkpoint(Path(output_dir) / "checkpoints")
     if latest is None:
         return None
+    saved = ck.read_state(latest).get("algo")
+    if saved != algo:
+        raise RuntimeError(f"{latest} holds a {saved} run, this is algo={algo}: resume it with algo={saved} or "
+                           "start a new output_dir")
     missing = [n for n in TRAINED_ROLES if n in roles and not (latest / _ckpt_name(n)).is_dir()]
     if missing:
         raise RuntimeError(
