@@ -11,7 +11,6 @@ renames the directory into place, so ``latest`` only ever names a complete check
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -35,10 +34,7 @@ def save_rl_state(roles: dict, output_dir: Path, step: int, driver_state: dict, 
     for name in TRAINED_ROLES:
         if name in roles:
             roles[name].run("save_state", step)
-    (tmp / ck.STATE_FILE).write_text(json.dumps({"step": step, **driver_state}, indent=2))
-    ck.publish_dir(tmp, final)
-    ck.mark_latest(root, final.name)
-    ck.prune_checkpoints(root, keep)
+    ck.publish_step(tmp, final, {"step": step, **driver_state}, keep)
     return final
 
 

@@ -79,6 +79,15 @@ def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
     return path if (path / STATE_FILE).exists() else None
 
 
+def publish_step(tmp: Path, final: Path, state: dict, keep: int) -> None:
+    """Finish a step checkpoint whose shards are in `tmp`: write its state file last, move it into place,
+    point `latest` at it and prune older ones down to `keep`."""
+    (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=2))
+    publish_dir(tmp, final)
+    mark_latest(final.parent, final.name)
+    prune_checkpoints(final.parent, keep)
+
+
 def read_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / STATE_FILE).read_text())
 

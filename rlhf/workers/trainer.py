@@ -7,7 +7,6 @@ step to run and collects metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -239,10 +238,7 @@ class TrainerWorker(RankWorker):
         dist.barrier()
         if self.rank == 0:
             state = {"step": step, "total_steps": self.total_steps, "algo": self.spec.algo.name, **(extra or {})}
-            (tmp / ck.STATE_FILE).write_text(json.dumps(state, indent=2))
-            ck.publish_dir(tmp, final)
-            ck.mark_latest(root, final.name)
-            ck.prune_checkpoints(root, self.spec.algo.keep_checkpoints)
+            ck.publish_step(tmp, final, state, self.spec.algo.keep_checkpoints)
         dist.barrier()
         return str(final)
 
