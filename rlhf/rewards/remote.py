@@ -6,13 +6,16 @@
 
 Batches of `batch_size` rows go out concurrently on a few pooled connections and come back in order. Connection
 errors, timeouts, HTTP 5xx/429 and malformed replies are retried with exponential backoff and jitter; other 4xx
-are raised at once with the server's message. Every batch succeeds or fails within `max_batch_wall_s`.
+are raised at once with the server's message. Every batch succeeds or fails within `max_batch_wall_s`: each
+attempt runs on its own daemon thread and is abandoned at its deadline, so a server that stalls or trickles its
+reply a byte at a time (which keeps the socket alive and defeats socket timeouts) cannot hold the caller.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import queue
 import random
 import threading
 import time
@@ -29,6 +32,8 @@ from rlhf.rewards.loader import RewardError
 __all__ = ["RemoteReward", "RemoteRewardError"]
 
 _BODY_PREVIEW_CHARS = 1000
+# An attempt is abandoned this long after timeout_s: the socket's own timeout errors (more specific) come first.
+_WATCHDOG_GRACE_S = 0.1
 # Errors in the request itself: retrying cannot help.
 _NON_RETRYABLE_REQUEST_ERRORS = (
     requests.exceptions.InvalidURL,
@@ -179,14 +184,14 @@ class RemoteReward:
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._idle: list[requests.Session] = []  # keep-alive sessions not in use by an attempt
         self._sessions: list[requests.Session] = []
         self._pool: ThreadPoolExecutor | None = None
 
     # Threads, sessions and locks do not pickle; a copy sent to another process (a Ray actor) rebuilds them.
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for key in ("_lock", "_local", "_sessions", "_pool"):
+        for key in ("_lock", "_idle", "_sessions", "_pool"):
             state.pop(key)
         return state
 
@@ -200,25 +205,37 @@ class RemoteReward:
 
     @property
     def max_batch_wall_s(self) -> float:
-        """Upper bound on the time one batch can take: every attempt times out and every backoff is maximal.
-
-        An attempt is cut at timeout_s once its reply stalls; a reply trickling in can overrun by at most one
-        more socket timeout, hence 2 x timeout_s per attempt.
+        """Upper bound on the time one batch can take: every attempt is abandoned at its deadline (timeout_s plus
+        a grace of 0.1 s) and every backoff is maximal. The client enforces it with its own clock, whatever the
+        socket sees (a reply trickling in a byte at a time is cut like a silent one).
         """
         sleeps = sum(min(self.backoff_max_s, self.backoff_s * 2**k) for k in range(self.max_retries))
-        return self.attempts * 2 * self.timeout_s + sleeps
+        return self.attempts * (self.timeout_s + _WATCHDOG_GRACE_S) + sleeps
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        with self._lock:
+            self._sessions.append(session)
         return session
+
+    def _take_session(self) -> requests.Session:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_session()
+
+    def _give_back(self, session: requests.Session, healthy: bool) -> None:
+        """An attempt's session goes back to the idle list, or is closed when the attempt was abandoned."""
+        with self._lock:
+            if healthy and session in self._sessions:
+                self._idle.append(session)
+                return
+            if session in self._sessions:
+                self._sessions.remove(session)
+        session.close()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -230,12 +247,12 @@ class RemoteReward:
         """Close pooled connections and worker threads (a later call opens new ones)."""
         with self._lock:
             pool, self._pool = self._pool, None
-            sessions, self._sessions = self._sessions, []
+            sessions, self._sessions, self._idle = self._sessions, [], []
         if pool is not None:
+            # Batches end within max_batch_wall_s; abandoned attempts are daemon threads and are not waited for.
             pool.shutdown(wait=True, cancel_futures=True)
         for session in sessions:
             session.close()
-        self._local = threading.local()
 
     def __enter__(self) -> RemoteReward:
         return self
@@ -246,12 +263,45 @@ class RemoteReward:
     def health(self) -> dict:
         """GET <server>/health; returns its JSON or raises RemoteRewardError (no retries: a startup probe)."""
         health_url = urljoin(self.url, "/health")
-        try:
-            response = self._session().get(health_url, headers=self.headers, timeout=self.timeout_s)
+
+        def probe(session: requests.Session) -> dict:
+            response = session.get(health_url, headers=self.headers, timeout=self.timeout_s)
             response.raise_for_status()
             return response.json()
-        except (requests.RequestException, ValueError) as exc:
+
+        try:
+            return self._bounded(probe, f"health check {health_url}")
+        except (requests.RequestException, ValueError, _Retryable) as exc:
             raise RemoteRewardError(f"reward server health check {health_url} failed: {exc}") from exc
+
+    def _bounded(self, call, what: str):
+        """`call(session)` on a daemon thread, abandoned after timeout_s (+ grace) with a _Retryable.
+
+        Socket timeouts only fire while nothing arrives; this deadline holds whatever the server does.
+        """
+        session = self._take_session()
+        box: queue.Queue = queue.Queue(maxsize=1)
+
+        def run() -> None:
+            try:
+                box.put((True, call(session)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                box.put((False, exc))
+
+        threading.Thread(target=run, name="remote-reward-attempt", daemon=True).start()
+        try:
+            ok, value = box.get(timeout=self.timeout_s + _WATCHDOG_GRACE_S)
+        except queue.Empty:
+            # The thread may still be reading a trickle; its session is closed and never reused.
+            self._give_back(session, healthy=False)
+            raise _Retryable(
+                f"no complete reply to the {what} within timeout_s={self.timeout_s:g}s (the server is stalled, "
+                "or sends its reply too slowly)"
+            ) from None
+        self._give_back(session, healthy=ok)
+        if not ok:
+            raise value
+        return value
 
     def _encode(self, prompts: Sequence[str], responses: Sequence[str], fields: Mapping[str, Sequence]) -> bytes:
         payload = {
@@ -269,10 +319,13 @@ class RemoteReward:
             ) from exc
 
     def _attempt(self, body: bytes, n: int) -> tuple[list[float], dict[str, list[float]]]:
-        """One POST. Raises _Retryable or _Rejected; returns parsed rewards and metrics on success."""
+        """One POST, bounded by the client's clock. Raises _Retryable or _Rejected; returns rewards and metrics."""
+        return self._bounded(lambda session: self._post(session, body, n), "reward request")
+
+    def _post(self, session: requests.Session, body: bytes, n: int) -> tuple[list[float], dict[str, list[float]]]:
         start = time.monotonic()
         try:
-            with self._session().post(
+            with session.post(
                 self.url, data=body, headers=self.headers, timeout=self.timeout_s, stream=True, allow_redirects=False
             ) as reply:
                 chunks = []

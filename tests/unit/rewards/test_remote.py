@@ -258,6 +258,6 @@ def test_constructor_validation(kwargs, pattern):
 
 
 def test_max_batch_wall_s():
-    # 4 attempts x 2 x 1 s + backoffs min(8, 0.5 * 2^k) for k = 0, 1, 2: 0.5 + 1 + 2 = 11.5 s.
+    # 4 attempts x (1 s + 0.1 s grace) + backoffs min(8, 0.5 * 2^k) for k = 0, 1, 2: 0.5 + 1 + 2 = 7.9 s.
     client = RemoteReward("http://h/score", timeout_s=1.0, max_retries=3, backoff_s=0.5, backoff_max_s=8.0)
-    assert client.max_batch_wall_s == pytest.approx(8.0 + 3.5)
+    assert client.max_batch_wall_s == pytest.approx(4.4 + 3.5)
