@@ -63,6 +63,7 @@ def _hydra_job() -> dict:
 
 def execute(dcfg: DictConfig, progress: bool = True):
     """Run one composed config end to end; returns the RunResult (None in plan mode)."""
+    from rlhf.launch.run_dir import claim_run_dir, mark_finished
     from rlhf.plan import resolve_plan
     from rlhf.tracking.callbacks import sweep_parent
     from rlhf.tracking.lineage import log_lineage, log_objective, previous_run_id, write_run_record
@@ -74,7 +75,8 @@ def execute(dcfg: DictConfig, progress: bool = True):
         print(plan.table())
         return None
     out = _output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    # Held until the run ends (released below; the kernel drops it if the process dies).
+    claim = claim_run_dir(out, resume=cfg.resume)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg))
     (out / "plan.json").write_text(plan.to_json())
     sweep = sweep_parent()
@@ -103,8 +105,14 @@ def execute(dcfg: DictConfig, progress: bool = True):
                                 result.steps)
             log_objective(tracker, *result.objective, _higher_is_better(plan), result.steps)
         status = "FINISHED"
+        mark_finished(out, {"algo": cfg.algo.name, "steps": result.steps, "model_dir": result.model_dir,
+                            "mlflow_run_id": tracker.run_id})
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"  # Ctrl-C, or SIGTERM from Slurm/the user (rlhf.run.main turns it into SystemExit)
+        raise
     finally:
         tracker.end(status)
+        claim.release()
     _summary(cfg, plan, result, tracker, out)
     return result
 
@@ -177,6 +185,7 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def hydra_main(dcfg: DictConfig) -> Optional[float]:
     from rlhf.launch.ray_cluster import submitit_ray_cluster
+    from rlhf.launch.run_dir import RunDirError
     from rlhf.plan import PlanError
 
     try:
@@ -185,13 +194,17 @@ def hydra_main(dcfg: DictConfig) -> Optional[float]:
             if role == "worker":
                 return None
             result = execute(dcfg)
-    except PlanError as e:
+    except (PlanError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if result is None or result.objective is None:
         return None
     # Sweepers (Optuna) minimize or maximize this value.
     return float(result.objective[1])
+
+
+def _terminate(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:
@@ -202,6 +215,10 @@ def main() -> None:
 
     # `kill -USR1 <pid>` prints the driver's stacks (workers do the same): the first look at a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # SIGTERM (kill, Slurm's end of job) unwinds like Ctrl-C: the MLflow run is marked KILLED, the directory
+    # lock is released and role processes are shut down, instead of the process vanishing mid-step.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
 
     problem = preflight(sys.argv[1:])
     if problem:
