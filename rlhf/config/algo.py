@@ -96,7 +96,8 @@ class RLConfig(TrainConfig):
     loss_agg: str = "token_mean"
     # KL to the reference model: coefficient 0 loads no reference model.
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
+    # low_var_kl: k3 clamped at 10 (verl, OpenRLHF); plain k3 in the loss has unbounded gradients (k3 stays available)
+    kl_estimator: str = "low_var_kl"
     # reward: KL penalty folded into per-token rewards; loss: a KL term in the policy loss.
     kl_in: str = "loss"
     # Adaptive KL controller target (None: fixed coefficient).
