@@ -46,6 +46,21 @@ class RolePlan:
     pool: str
     # Roles living inside another role's process (e.g. the DPO reference inside the actor).
     hosted_in: Optional[str] = None
+    # The weights this role loads (None: the actor's model, cfg.model.name_or_path).
+    name_or_path: Optional[str] = None
+    # Data-parallel ranks of the role: its trained replicas, or the shards of a frozen role (0: none of its own).
+    dp_ranks: int = 0
+    # Sequences one rank runs through a forward(/backward) pass at once (pairs count 1 each).
+    micro_batch_per_gpu: int = 0
+    # Trained roles only (0 for frozen ones): train_batch_samples = micro_batch_per_gpu x grad_accum x dp_ranks.
+    grad_accum: int = 0
+    train_batch_samples: int = 0
+    # Added to the run seed, with the rank: rank r of this role seeds with `seed + seed_offset + r`.
+    seed_offset: int = 0
+
+    @property
+    def trained(self) -> bool:
+        return self.grad_accum > 0
 
 
 @dataclass(frozen=True)
@@ -76,9 +91,18 @@ class Plan:
     tuning: Optional[str] = None
     # The hardware in words: GPU, GPUs per node x nodes, links.
     machine: str = ""
+    # Tokens of one training sequence: prompt_max_len + max_new_tokens on-policy, data.max_len offline.
+    seq_len: int = 0
+    # The run seed; rank r of a role seeds with seed + role.seed_offset + r (SEED_FORMULA).
+    seed: int = 0
+    seed_formula: str = ""
 
     def role(self, name: str) -> Optional[RolePlan]:
         return next((r for r in self.roles if r.role == name), None)
+
+    def rank_seed(self, role: str, rank: int) -> int:
+        r = self.role(role)
+        return self.seed + (r.seed_offset if r is not None else 0) + rank
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -95,8 +119,14 @@ class Plan:
             + (f"  ({self.machine})" if self.machine else ""),
             f"tuning          {f'conf/tuning/{self.tuning}.yaml' if self.tuning else 'none'}",
             f"batch           {self.train_batch_samples} samples/step = {self.micro_batch_per_gpu} per GPU "
-            f"x {self.world_size} ranks x {self.grad_accum} accumulation",
+            f"x {self.world_size} ranks x {self.grad_accum} accumulation; sequences of {self.seq_len} tokens",
         ]
+        for r in self.roles:
+            if r.trained and r.role != "actor":
+                lines.append(
+                    f"batch {r.role:<9} {r.train_batch_samples} samples/step = {r.micro_batch_per_gpu} per GPU "
+                    f"x {r.dp_ranks} ranks x {r.grad_accum} accumulation"
+                )
         if self.family == "onpolicy":
             lines.append(
                 f"rollout         {self.rollout_samples} samples/step -> {self.updates_per_step} optimizer "
@@ -207,6 +237,8 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     rollout_samples = updates = 0
     if onpolicy:
         rollout_samples, updates = _check_rollout(cfg, micro, world, problems)
+    if grad_accum:
+        roles = _with_batches(roles, micro, grad_accum, tbs, world, problems)
 
     memory: tuple[MemoryEstimate, ...] = ()
     if device == "cuda" and micro >= 1:
@@ -260,7 +292,51 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         notes=tuple(notes),
         tuning=cfg.tuning,
         machine=_machine(hw),
+        seq_len=_seq_len(cfg, spec),
+        seed=cfg.seed,
+        seed_formula=SEED_FORMULA,
     )
+
+
+# How each rank seeds its generators (rlhf/workers): distinct per role and rank, reproducible from `seed`.
+SEED_FORMULA = "seed + role offset + rank (actor, ref, reward, rollout: offset 0; critic: 7919)"
+_SEED_OFFSETS = {"critic": 7919}
+
+
+def _seq_len(cfg: RunConfig, spec: AlgoSpec) -> int:
+    if spec.family == "onpolicy":
+        return cfg.data.prompt_max_len + cfg.rollout.max_new_tokens
+    return cfg.data.max_len
+
+
+def _with_batches(roles, micro: int, grad_accum: int, tbs: int, world: int, problems: list[str]) -> list[RolePlan]:
+    """Each role's own batch arithmetic: batch = micro x accumulation x ranks holds for every trained role.
+
+    The actor's numbers are the run's; a critic on its own GPUs trains on the same samples per optimizer step
+    over its own ranks, so it keeps the largest micro-batch (at most the actor's) that divides them and
+    accumulates the rest. Frozen roles score micro-batches of the actor's size and train nothing.
+    """
+    out = []
+    for r in roles:
+        ranks = r.num_workers if not r.hosted_in else world
+        fields = dict(dp_ranks=ranks, micro_batch_per_gpu=micro, seed_offset=_SEED_OFFSETS.get(r.role, 0))
+        if r.role == "actor":
+            fields.update(dp_ranks=world, grad_accum=grad_accum, train_batch_samples=tbs)
+        elif r.role == "critic":
+            fits = [m for m in range(min(micro, tbs), 0, -1) if tbs % (m * max(ranks, 1)) == 0]
+            if not fits:
+                problems.append(
+                    f"algo.train_batch_samples={tbs} does not split over the critic's {ranks} data-parallel rank(s) "
+                    f"(placement.critic_gpus={ranks}); use a batch divisible by {ranks} or placement.critic_gpus in "
+                    f"{[d for d in _divisors(tbs) if d <= ranks * 2][-3:]}"
+                )
+                fits = [1]
+            m = fits[0]
+            fields.update(micro_batch_per_gpu=m, grad_accum=max(tbs // (m * max(ranks, 1)), 1), train_batch_samples=tbs)
+        elif r.role == "rollout":
+            fields.update(micro_batch_per_gpu=0)
+        out.append(replace(r, **fields))
+    return out
 
 
 def _batch_problem(tbs: int, micro: int, world: int) -> str:
@@ -524,9 +600,11 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         # The critic trains over its own GPUs (placement=separate) and has a value head instead of the LM head.
         critic_plan = next((r for r in roles if r.role == "critic"), None)
         critic_dp = critic_plan.num_workers if critic_plan is not None and critic_plan.pool == "critic" else world
+        critic_micro = critic_plan.micro_batch_per_gpu if critic_plan is not None else 0
         by_role["critic"] = training_memory(
             "critic", shape,
-            **dict(common, dp_size=critic_dp, lora_fraction=1.0, base_bytes_per_param=None, with_lm_head=False),
+            **dict(common, dp_size=critic_dp, lora_fraction=1.0, base_bytes_per_param=None, with_lm_head=False,
+                   micro_batch=critic_micro or common["micro_batch"]),
         )
     rollout = next((r for r in roles if r.role == "rollout"), None)
     if rollout is not None:

@@ -49,6 +49,40 @@ def test_tuning_file_is_picked_names_itself_and_plans(name):
 
 
 @pytest.mark.parametrize("name", tuning_files())
+def test_every_trained_role_of_a_tuning_file_keeps_its_batch_identity(name):
+    """batch = micro-batch x accumulation x data-parallel ranks, for the actor and for a critic on its own GPUs."""
+    run = _run(name)
+    plan = resolve_plan(run)
+    trained = [r for r in plan.roles if r.trained]
+    assert trained[0].role == "actor"
+    assert {r.role for r in trained} == {"actor"} | ({"critic"} if plan.critic else set())
+    for r in trained:
+        assert r.train_batch_samples == run.algo.train_batch_samples == plan.train_batch_samples
+        assert r.micro_batch_per_gpu * r.grad_accum * r.dp_ranks == r.train_batch_samples, r
+    actor = plan.role("actor")
+    assert (actor.micro_batch_per_gpu, actor.grad_accum, actor.dp_ranks) == (
+        plan.micro_batch_per_gpu, plan.grad_accum, plan.world_size)
+    for r in plan.roles:
+        if not r.trained and r.role != "rollout":
+            assert r.micro_batch_per_gpu == plan.micro_batch_per_gpu and r.train_batch_samples == 0
+    # The sequence length the estimate used: prompt + response on-policy, data.max_len offline.
+    on = plan.family == "onpolicy"
+    assert plan.seq_len == (run.data.prompt_max_len + run.rollout.max_new_tokens if on else run.data.max_len)
+
+
+def test_ppo_llama3_8b_a100x16_critic_accumulates_over_its_own_four_gpus():
+    plan = resolve_plan(typed("algo=ppo", "model=llama3_8b", "hw=a100x16"))
+    actor, critic = plan.role("actor"), plan.role("critic")
+    # 64 samples: actor 4 per GPU x 8 ranks x 2 accumulation; critic 4 per GPU x 4 ranks x 4 accumulation.
+    assert (actor.micro_batch_per_gpu, actor.dp_ranks, actor.grad_accum) == (4, 8, 2)
+    assert (critic.micro_batch_per_gpu, critic.dp_ranks, critic.grad_accum) == (4, 4, 4)
+    # Prompts of 64 tokens (conf/data/prompts_tiny.yaml) + 1024 new tokens (the tuning file).
+    assert plan.seq_len == 64 + 1024
+    assert plan.rank_seed("critic", 3) == plan.seed + 7919 + 3 and plan.rank_seed("actor", 3) == plan.seed + 3
+    assert "batch critic    64 samples/step = 4 per GPU x 4 ranks x 4 accumulation" in plan.table()
+
+
+@pytest.mark.parametrize("name", tuning_files())
 def test_tuning_file_fits_with_real_sequence_lengths(name):
     algo = tuning_triple(name)[0]
     plan = resolve_plan(_run(name, f"data={REAL_DATA[algo]}"))
