@@ -471,7 +471,8 @@ def _roles(cfg, spec, total_gpus, reference, critic, problems, notes) -> tuple[l
                 RolePlan("ref", 1, 0.0, "cpu") if onpolicy else RolePlan("ref", 0, 0.0, "cpu", hosted_in="actor")
             )
         if critic:
-            roles.append(RolePlan("critic", max(cfg.hw.cpu_workers, 1), 0.0, "cpu"))
+            # placement.critic_gpus counts the critic's processes on CPU (0: as many as the actor's).
+            roles.append(RolePlan("critic", max(cfg.placement.critic_gpus or cfg.hw.cpu_workers, 1), 0.0, "cpu"))
         for n in reward_models:
             roles.append(RolePlan(f"reward.{n}", 1, 0.0, "cpu"))
         if onpolicy and cfg.rollout.backend == "vllm":
