@@ -1,5 +1,5 @@
-"""Policy-gradient losses: the PPO clipped surrogate with asymmetric and dual clipping, a KL-to-reference
-term and an entropy bonus.
+"""Policy-gradient losses: the PPO clipped surrogate with asymmetric and dual clipping, GSPO's sequence-level
+surrogate, a KL-to-reference term and an entropy bonus.
 
 PPO (Schulman et al. 2017), per token with ratio rho = pi(a) / pi_old(a) and advantage A:
 
@@ -9,6 +9,15 @@ clip_high > clip_low is DAPO's clip-higher (Yu et al. 2025): it lets low-probabi
 entropy collapse. Dual-clip (Ye et al. 2020) bounds the loss of tokens with A < 0 whose ratio exploded:
 
     loss_t = min(loss_t, -A * dual_clip)   for A < 0, with dual_clip > 1.
+
+GSPO (Zheng et al. 2025, arXiv:2507.18071) replaces the token ratio by the length-normalized sequence ratio
+
+    s_i = exp( (1/|y_i|) sum_t log(pi(y_i,t) / pi_old(y_i,t)) )
+
+and clips whole sequences (its paper uses clip_low 3e-4, clip_high 4e-4). The GSPO-token form used here,
+s_i,t = sg[s_i] * pi(y_i,t) / sg[pi(y_i,t)], has the value s_i at every token and, with a per-sequence advantage
+and `seq_mean_token_mean` aggregation, exactly GSPO's gradient; it also accepts per-token advantages.
+`POLICY_LOSSES` maps `algo.policy_loss` to these functions.
 
 Losses are reduced by `rlhf.algos.aggregate.aggregate_loss` (pass the step's global normalizers for exact
 gradient accumulation). Stats are micro-batch masked means, detached 0-dim tensors, without the `train/`
@@ -106,6 +115,68 @@ def ppo_policy_loss(
             "ratio_max": _masked_extreme(ratio_d, mask, largest=True),
         }
     return loss, stats
+
+
+def gspo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    dual_clip: Optional[float] = None,
+    agg: str = "seq_mean_token_mean",
+    num_tokens: Optional[Normalizer] = None,
+    num_seqs: Optional[Normalizer] = None,
+    max_len: Optional[Normalizer] = None,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """GSPO-token clipped surrogate (see the module docstring). Arguments and shapes as `ppo_policy_loss`.
+
+    Returns:
+        (loss 0-dim, stats): clip_frac (share of tokens in clipped sequences), approx_kl, ratio_mean/min/max
+        (of the sequence ratios s_i), seq_clip_frac (share of sequences clipped).
+    """
+    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
+        _check(name, t, logp)
+    if not 0.0 <= clip_low < 1.0:
+        raise ValueError(f"clip_low must be in [0, 1) (algo.clip_low), got {clip_low}")
+    if not clip_high >= 0.0:
+        raise ValueError(f"clip_high must be >= 0 (algo.clip_high), got {clip_high}")
+    if dual_clip is not None:
+        raise ValueError("algo.dual_clip is a token-level PPO option; GSPO clips whole sequences: set it to null")
+
+    m = mask.to(logp.dtype)
+    advantages = advantages.detach()
+    old_logp = old_logp.detach()
+    seq_log_ratio = ((logp - old_logp) * m).sum(-1) / m.sum(-1).clamp_min(1)  # [B]
+    seq_log_ratio = seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    # Value exp(seq_log_ratio) at every token; gradient flows through each token's own log-prob only.
+    ratio = torch.exp(seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach())
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss_tok = torch.maximum(unclipped, clipped)
+    loss = aggregate_loss(loss_tok, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
+
+    with torch.no_grad():
+        taken = (clipped > unclipped).float()
+        seq_ratio = torch.exp(seq_log_ratio.detach())
+        rows = m.sum(-1) > 0
+        seq_taken = (taken * m).sum(-1) > 0
+        stats = {
+            "clip_frac": masked_mean(taken, mask),
+            "seq_clip_frac": seq_taken[rows].float().mean() if rows.any() else torch.zeros(()),
+            "dual_clip_frac": torch.zeros(()),
+            "approx_kl": masked_mean(kl_penalty(old_logp, logp.detach(), "k3"), mask),
+            "ratio_mean": seq_ratio[rows].mean() if rows.any() else torch.ones(()),
+            "ratio_min": seq_ratio[rows].min() if rows.any() else torch.ones(()),
+            "ratio_max": seq_ratio[rows].max() if rows.any() else torch.ones(()),
+        }
+    return loss, stats
+
+
+# algo.policy_loss -> surrogate; both take the same arguments.
+POLICY_LOSSES = {"ppo": ppo_policy_loss, "gspo": gspo_policy_loss}
 
 
 def kl_loss(
