@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,15 +66,21 @@ def _hydra_job() -> dict:
 def execute(dcfg: DictConfig, progress: bool = True):
     """Run one composed config end to end; returns the RunResult (None in plan mode)."""
     from rlhf.launch.run_dir import claim_run_dir, mark_finished
+    from rlhf.data.check import check_run_data
+    from rlhf.data.sources import resolve_data
     from rlhf.plan import resolve_plan
     from rlhf.tracking.callbacks import sweep_parent
     from rlhf.tracking.lineage import log_lineage, log_objective, previous_run_id, write_run_record
     from rlhf.tracking.mlflow_tracker import git_commit, make_tracker
 
     cfg = OmegaConf.to_object(dcfg)
+    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # data.train/eval/format -> data.sources
     plan = resolve_plan(cfg)
+    # Every data problem of the command, before Ray or any model starts (DataCheckError lists them all).
+    data_report = check_run_data(cfg)
     if cfg.mode == "plan":
         print(plan.table())
+        print(data_report.text())
         return None
     out = _output_dir(cfg)
     # Held until the run ends (released below; the kernel drops it if the process dies).
@@ -93,6 +101,7 @@ def execute(dcfg: DictConfig, progress: bool = True):
     tracker.log_text(plan.to_json(), "plan.json")
     tracker.log_text(plan.table(), "plan.txt")
     print(plan.table())
+    print(data_report.text())
     status = "FAILED"
     try:
         log_lineage(tracker, cfg, out)
@@ -185,6 +194,8 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def hydra_main(dcfg: DictConfig) -> Optional[float]:
     from rlhf.launch.ray_cluster import submitit_ray_cluster
+    from rlhf.data.check import DataCheckError
+    from rlhf.data.errors import DataError
     from rlhf.launch.run_dir import RunDirError
     from rlhf.plan import PlanError
 
@@ -195,6 +206,11 @@ def hydra_main(dcfg: DictConfig) -> Optional[float]:
                 return None
             result = execute(dcfg)
     except (PlanError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (DataCheckError, DataError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # -v: the traceback too
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if result is None or result.objective is None:
@@ -211,6 +227,7 @@ def main() -> None:
     import faulthandler
     import signal
 
+    from rlhf.config.cli import rewrite_argv
     from rlhf.config.preflight import preflight
 
     # `kill -USR1 <pid>` prints the driver's stacks (workers do the same): the first look at a hang.
@@ -220,6 +237,8 @@ def main() -> None:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
 
+    # `+data.sources.<name>.<field>=v` (and reward.sources) grouped into one dict override Hydra can merge.
+    sys.argv[1:] = rewrite_argv(sys.argv[1:])
     problem = preflight(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -1,23 +1,16 @@
 """Build a tokenized, mixed, in-memory data set for one task from a DataConfig.
 
-`build_dataset(task, data_cfg, tokenizer, split)` reads every source, checks each row against the task's keys
-(named by the source's `input_key`/`output_key`/... fields), tokenizes it, and mixes the sources by weight
-(`rlhf.data.mixture`). Rows that fail are bad rows: counted and summarized (`bad_rows=skip`) or raised
-(`bad_rows=error`); a source with more than `max_bad_fraction` bad rows stops the build with the keys its rows
-do have.
+`build_dataset(task, data_cfg, tokenizer, split)` reads every source, turns each row into a canonical example
+with its format's normalizer (`rlhf.data.formats`: named by `format`, `custom` when only keys are set, else
+detected from the first rows), tokenizes it, and mixes the sources by weight (`rlhf.data.mixture`). Rows that
+fail are bad rows: counted and summarized (`bad_rows=skip`) or raised (`bad_rows=error`); a source with more
+than `max_bad_fraction` bad rows stops the build with the keys its rows do have.
 
-Tasks and the row keys they need (`src` = the source's SourceConfig):
-
-- sft:       src.input_key (string or messages) and src.output_key (string or messages); with
-             `output_key: null`, src.input_key holds full conversations (every assistant turn is trained)
-- pretrain:  src.input_key (plain text, or messages rendered whole); every token trained
-- pair:      src.chosen_key, src.rejected_key, and src.input_key unless chosen/rejected are full conversations
-- prompt:    src.input_key, plus each of src.fields (handed to reward functions)
-- unpaired:  src.input_key, src.output_key (the completion), src.label_key (desirable or not) -- KTO
-- prm:       src.input_key, src.output_key (list of steps), src.label_key (one label a step)
+Tasks: sft (prompt + response, or a conversation), pretrain (text), pair (prompt + chosen + rejected), prompt
+(RL prompts with reward fields), unpaired (KTO: prompt + completion + label), prm (prompt + steps + labels).
 
 Splits: "train" reads each source's `split` (less the `data.eval_fraction` hold-out when the source has no
-`eval_split`); "eval" reads `eval_split`, or the hold-out. Eval sets are concatenated in source order, not
+eval rows of its own); "eval" reads `eval_path`, else `eval_split` when the source has it, else the hold-out. Eval sets are concatenated in source order, not
 reweighted: each source is evaluated on all its held-out rows.
 """
 
@@ -31,17 +24,29 @@ from torch.utils.data import Dataset
 from rlhf.config.data import DataConfig, SourceConfig
 from rlhf.data.errors import BadRow, DataError, RowError
 from rlhf.data.mixture import mix_sources, train_eval_split
+from rlhf.data.formats import (
+    TASKS,
+    Detection,
+    Format,
+    FormatOptions,
+    check_example,
+    check_task,
+    detect_format,
+    get_format,
+)
 from rlhf.data.readers import (
     ORIGIN_KEY,
     SourceRows,
     check_bad_row_policy,
     enforce_bad_fraction,
     read_source,
-    validate_row,
+    split_available,
 )
+from rlhf.data.sources import format_options, named_format, resolve_data
 from rlhf.data.templates import tokenize_pair, tokenize_prm, tokenize_prompt, tokenize_sft, tokenize_unpaired
 
-TASKS = ("sft", "pretrain", "pair", "prompt", "unpaired", "prm")
+# A row's canonical example (rlhf/data/formats.py), stored beside its raw columns while building.
+EXAMPLE_KEY = "_example"
 SPLITS = ("train", "eval")
 
 
@@ -113,8 +118,9 @@ def build_dataset(
             key="step_tag",
             hint="pass step_tag=<a tag the tokenizer keeps as one token>",
         )
+    data_cfg = resolve_data(data_cfg)
     if not data_cfg.sources:
-        raise DataError("no data sources", key="data.sources", hint="add data.sources.<name>.path=...")
+        raise DataError("no data sources", key="data.sources", hint="set data.train=<path>, or pick data=<preset>")
     check_bad_row_policy(data_cfg.bad_rows, data_cfg.max_bad_fraction)
     seed = int(data_cfg.shuffle_seed if seed is None else seed)
 
@@ -147,17 +153,18 @@ def _build_source(
     step_tag: Optional[str],
 ) -> Optional[Tuple[List[Dict[str, Any]], List[BadRow]]]:
     """(samples, bad rows) of one source, or None when it has no rows for `split`."""
-    key_fields = _key_fields(task, src)
-    read = _read_split(name, src, cfg, split, seed, _row_check(task, src), key_fields)
+    opts = format_options(src, cfg)
+    fmt = source_format(task, name, src, cfg, opts)
+    key_fields = key_fields_of(fmt, opts)
+    read = read_split(name, src, cfg, split, seed, row_check(fmt, task, opts), key_fields)
     if read is None:
         return None
-    # Rows that fail the schema were set aside while reading; tokenizing can still fail (nothing left to train
+    # Rows that fail the format were set aside while reading; tokenizing can still fail (nothing left to train
     # on after truncation).
-    tokenize = _TOKENIZERS[task]
     samples, bad = [], list(read.bad)
     for row in read.rows:
         try:
-            sample = tokenize(row, src, tokenizer, cfg, step_tag)
+            sample = tokenize_example(task, row[EXAMPLE_KEY], tokenizer, cfg, step_tag)
         except RowError as e:
             bad_row = e.at(name, row.get(ORIGIN_KEY, "?"))
             if cfg.bad_rows == "error":
@@ -173,25 +180,74 @@ def _build_source(
     return samples, bad
 
 
-def _read_split(
+def source_format(task: str, name: str, src: SourceConfig, cfg: DataConfig, opts: FormatOptions) -> Format:
+    """The format of a source: named in the config, or detected from the first `data.check_rows` rows."""
+    named = named_format(name, src)
+    if named is not None:
+        fmt = get_format(named)
+        check_task(fmt, task, name)
+        return fmt
+    return detect_source(task, name, src, cfg, opts).format
+
+
+def detect_source(task: str, name: str, src: SourceConfig, cfg: DataConfig, opts: FormatOptions) -> Detection:
+    peek = read_source(name, src, src.split, bad_rows="skip", max_bad_fraction=1.0, limit=int(cfg.check_rows))
+    return detect_format(peek.rows, task, opts, source=name, location=peek.location)
+
+
+def key_fields_of(fmt: Format, opts: FormatOptions) -> Dict[str, str]:
+    """Row key -> the SourceConfig field naming it, for key suggestions."""
+    return {opts.keys.get(f) or key: f for f, key in fmt.keys.items()}
+
+
+def row_check(fmt: Format, task: str, opts: FormatOptions) -> Callable[[Dict[str, Any]], None]:
+    """Normalize a row into its canonical example (kept under EXAMPLE_KEY); RowError for a bad row."""
+
+    def check(row: Dict[str, Any]) -> None:
+        try:
+            example = fmt.normalize(row, task, opts)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            raise RowError(f"malformed {fmt.name} row", detail=f"{type(e).__name__}: {e}") from e
+        check_example(example, task)
+        row[EXAMPLE_KEY] = example
+
+    return check
+
+
+def eval_location(name: str, src: SourceConfig, cfg: DataConfig) -> Tuple[str, Optional[str], Optional[str]]:
+    """Where a source's eval rows come from: ("path", path, split) for src.eval_path, ("split", None, split) for
+    an eval split the source has, ("hold_out", None, None) for data.eval_fraction of the training rows, or
+    ("none", None, None)."""
+    if src.eval_path:
+        local_split = next((s for s in (src.eval_split, "test", "validation", src.split)
+                            if s and split_available(name, src, s, src.eval_path)), src.split)
+        return "path", src.eval_path, local_split
+    if src.eval_split and split_available(name, src, src.eval_split):
+        return "split", None, src.eval_split
+    return ("hold_out", None, None) if cfg.eval_fraction > 0 else ("none", None, None)
+
+
+def read_split(
     name: str,
     src: SourceConfig,
     cfg: DataConfig,
     split: str,
     seed: int,
-    check: Callable[[Dict[str, Any]], None],
+    check: Optional[Callable[[Dict[str, Any]], None]],
     key_fields: Dict[str, str],
+    limit: Optional[int] = None,
 ) -> Optional[SourceRows]:
-    """The checked rows of `split` for one source, or None when the source has no eval rows."""
-    policy = dict(bad_rows=cfg.bad_rows, max_bad_fraction=cfg.max_bad_fraction, check=check, key_fields=key_fields)
-    hold_out = src.eval_split is None and cfg.eval_fraction > 0
-    if split == "eval" and src.eval_split is not None:
-        return read_source(name, src, src.eval_split, **policy)
-    if split == "eval" and not hold_out:
+    """The checked rows of `split` ("train" or "eval") of one source, or None when it has no eval rows."""
+    policy = dict(bad_rows=cfg.bad_rows, max_bad_fraction=cfg.max_bad_fraction, check=check, key_fields=key_fields,
+                  limit=limit)
+    kind, path, eval_split = eval_location(name, src, cfg)
+    if split == "eval" and kind in ("path", "split"):
+        return read_source(name, src, eval_split, path=path, **policy)
+    if split == "eval" and kind == "none":
         return None
     read = read_source(name, src, src.split, **policy)
-    if hold_out:
-        train, held = train_eval_split(read.rows, float(cfg.eval_fraction), seed)
+    if kind == "hold_out":
+        train, held = train_eval_split(read.rows, float(cfg.eval_fraction), seed, max_rows=cfg.eval_max_rows)
         if split == "train":
             return SourceRows(rows=train, bad=read.bad, location=read.location)
         # Unreadable lines are reported with the training part, not counted twice.
@@ -202,93 +258,18 @@ def _read_split(
 # ------------------------------------------------------------------------------------------------ task tables
 
 
-def _row_check(task: str, src: SourceConfig) -> Callable[[Dict[str, Any]], None]:
-    """The schema check of one row of `src` for `task` (raises RowError)."""
-
-    def check(row: Dict[str, Any]) -> None:
-        validate_row(row, _required(task, src, row))
-
-    return check
-
-
-def _key_fields(task: str, src: SourceConfig) -> Dict[str, str]:
-    """Row key -> the SourceConfig field naming it, for the keys `task` reads."""
-    fields = {"input_key": src.input_key}
-    if task in ("sft", "unpaired", "prm") and src.output_key:
-        fields["output_key"] = src.output_key
-    if task == "pair":
-        fields.update(chosen_key=src.chosen_key, rejected_key=src.rejected_key)
-    if task in ("unpaired", "prm"):
-        fields["label_key"] = src.label_key
-    return {key: field for field, key in fields.items()}
-
-
-def _required(task: str, src: SourceConfig, row: Mapping[str, Any]) -> Dict[str, str]:
-    """Row key -> kind (see `rlhf.data.readers.validate_row`) that `task` needs from `row`."""
+def tokenize_example(task: str, ex: Mapping[str, Any], tokenizer: Any, cfg: Any, step_tag: Optional[str]) -> Dict[str, Any]:
+    """The tokenized sample of a canonical example (rlhf/data/formats.py) for `task`."""
     if task == "sft":
-        if src.output_key:
-            return {src.input_key: "text", src.output_key: "text"}
-        return {src.input_key: "messages"}
+        return tokenize_sft(ex["prompt"], ex.get("response"), tokenizer, cfg)
     if task == "pretrain":
-        return {src.input_key: "text"}
+        return tokenize_sft(ex["text"], None, tokenizer, cfg, pretrain_mode=True)
     if task == "pair":
-        required = {src.chosen_key: "text", src.rejected_key: "text"}
-        chosen = row.get(src.chosen_key)
-        full_conversations = (
-            isinstance(chosen, list) and chosen and isinstance(chosen[0], dict) and chosen[0].get("role") != "assistant"
-        )
-        if not full_conversations:
-            required[src.input_key] = "text"
-        return required
+        return tokenize_pair(ex.get("prompt"), ex["chosen"], ex["rejected"], tokenizer, cfg)
     if task == "prompt":
-        return {src.input_key: "text", **{str(f): "any" for f in src.fields}}
-    output_key = _output_key(task, src)
+        return tokenize_prompt(ex["prompt"], tokenizer, cfg, fields=ex.get("fields") or {})
     if task == "unpaired":
-        return {src.input_key: "text", output_key: "text", src.label_key: "label"}
-    return {src.input_key: "text", output_key: "str_list", src.label_key: "label_list"}
-
-
-def _output_key(task: str, src: SourceConfig) -> str:
-    if not src.output_key:
-        raise DataError(
-            f"task '{task}' needs the key of the {'completion' if task == 'unpaired' else 'steps'}, "
-            "but output_key is null",
-            key="output_key",
-            hint="set data.sources.<name>.output_key to the column that holds it",
-        )
-    return src.output_key
-
-
-def _sft(row, src, tokenizer, cfg, _tag):
-    response = row[src.output_key] if src.output_key else None
-    return tokenize_sft(row[src.input_key], response, tokenizer, cfg)
-
-
-def _pretrain(row, src, tokenizer, cfg, _tag):
-    return tokenize_sft(row[src.input_key], None, tokenizer, cfg, pretrain_mode=True)
-
-
-def _pair(row, src, tokenizer, cfg, _tag):
-    return tokenize_pair(row.get(src.input_key), row[src.chosen_key], row[src.rejected_key], tokenizer, cfg)
-
-
-def _prompt(row, src, tokenizer, cfg, _tag):
-    return tokenize_prompt(row[src.input_key], tokenizer, cfg, fields={str(f): row[f] for f in src.fields})
-
-
-def _unpaired(row, src, tokenizer, cfg, _tag):
-    return tokenize_unpaired(row[src.input_key], row[src.output_key], row[src.label_key], tokenizer, cfg)
-
-
-def _prm(row, src, tokenizer, cfg, tag):
-    return tokenize_prm(row[src.input_key], row[src.output_key], row[src.label_key], tag, tokenizer, cfg)
-
-
-_TOKENIZERS: Dict[str, Callable[..., Dict[str, Any]]] = {
-    "sft": _sft,
-    "pretrain": _pretrain,
-    "pair": _pair,
-    "prompt": _prompt,
-    "unpaired": _unpaired,
-    "prm": _prm,
-}
+        return tokenize_unpaired(ex["prompt"], ex["response"], ex["label"], tokenizer, cfg)
+    if task == "prm":
+        return tokenize_prm(ex["prompt"], ex["steps"], ex["labels"], step_tag, tokenizer, cfg)
+    raise DataError(f"unknown task {task!r}", key="task", hint=f"use one of {list(TASKS)}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Dict, List, Mapping, Sequence, Tuple, TypeVar
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from rlhf.data.errors import DataError
 
@@ -76,8 +76,10 @@ def mix_sources(per_source: Mapping[str, Sequence[T]], weights: Mapping[str, flo
     return mixed
 
 
-def train_eval_split(rows: Sequence[T], fraction: float, seed: int) -> Tuple[List[T], List[T]]:
-    """Hold out round(fraction * len(rows)) rows for eval; with fraction > 0 and 2+ rows
+def train_eval_split(
+    rows: Sequence[T], fraction: float, seed: int, max_rows: Optional[int] = None
+) -> Tuple[List[T], List[T]]:
+    """Hold out round(fraction * len(rows)) rows for eval, at most `max_rows`; with fraction > 0 and 2+ rows
     each part keeps at least one row.
 
     Both parts keep the original row order; which rows are held out depends only on `seed` and len(rows).
@@ -88,6 +90,8 @@ def train_eval_split(rows: Sequence[T], fraction: float, seed: int) -> Tuple[Lis
             hint="use e.g. 0.05 to hold out 5% of the training rows, or 0 for no held-out evaluation",
         )
     n_eval = round(fraction * len(rows))
+    if max_rows is not None:
+        n_eval = min(n_eval, int(max_rows))
     if fraction > 0 and len(rows) > 1:
         n_eval = min(max(n_eval, 1), len(rows) - 1)
     held = set(random.Random(seed).sample(range(len(rows)), n_eval))

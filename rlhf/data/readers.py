@@ -74,8 +74,13 @@ def read_source(
     max_bad_fraction: float = 0.5,
     check: Optional[Callable[[Dict[str, Any]], None]] = None,
     key_fields: Optional[Mapping[str, str]] = None,
+    limit: Optional[int] = None,
+    path: Optional[str] = None,
 ) -> SourceRows:
     """Read the `split` of source `name` described by `src` (see the module docstring for the path forms).
+
+    `limit` stops after that many rows (good and bad), reading no further (a quick look at a large file);
+    `path` reads another path with the source's settings (its eval_path).
 
     Bad rows: lines that are not JSON or not objects, and rows for which `check` (e.g. a `validate_row` call with
     a task's keys) raises RowError. With `bad_rows="error"` the first one in reading order raises a `DataError`
@@ -84,18 +89,22 @@ def read_source(
     key override). `src.max_samples` keeps the first good rows.
     """
     check_bad_row_policy(bad_rows, max_bad_fraction)
-    collector = _Collector(name, bad_rows, check, key_fields)
-    path = str(src.path)
+    collector = _Collector(name, bad_rows, check, key_fields, limit)
+    path = str(src.path if path is None else path)
     local = _resolve_local(name, path)
-    if local is None:
-        for i, row in enumerate(_read_hub(name, path, split)):
-            collector.add(dict(row), f"{path}[{split}]:row {i}")
-        location = f"{path} [{split}]"
-    else:
-        files = _files_for_split(name, local, split, src)
-        for file in files:
-            _read_file(file, collector)
-        location = str(local) if local.is_file() else f"{local} ({', '.join(f.name for f in files)})"
+    try:
+        if local is None:
+            location = f"{path} [{split}]"
+            hub_split = split if limit is None else f"{split}[:{limit}]"
+            for i, row in enumerate(_read_hub(name, path, hub_split, src.hub_config)):
+                collector.add(dict(row), f"{path}[{split}]:row {i}")
+        else:
+            files = _files_for_split(name, local, split, src)
+            location = str(local) if local.is_file() else f"{local} ({', '.join(f.name for f in files)})"
+            for file in files:
+                _read_file(file, collector)
+    except _Enough:
+        pass
     total = len(collector.rows) + len(collector.bad)
     seen = collector.rows + collector.failed
     enforce_bad_fraction(name, total, collector.bad, max_bad_fraction, rows=seen, key_fields=key_fields)
@@ -171,6 +180,20 @@ def _resolve_asset(name: str, asset: str) -> Path:
     )
 
 
+def split_available(name: str, src: SourceConfig, split: str, path: Optional[str] = None) -> bool:
+    """Whether a local source holds `split` (a single file holds only its training split); True for hub names,
+    whose splits are known only when loading."""
+    local = _resolve_local(name, str(src.path if path is None else path))
+    if local is None:
+        return True
+    if local.is_file():
+        return split == src.split
+    files = [p for p in local.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES]
+    if any(p.stem.startswith(split) for p in files):
+        return True
+    return split == src.split and not any(p.stem.startswith(_SPLIT_WORDS) for p in files)
+
+
 def _files_for_split(name: str, local: Path, split: str, src: SourceConfig) -> List[Path]:
     """The files of `local` that hold `split`: a single file holds one split, a directory is split by file name."""
     if local.is_file():
@@ -215,6 +238,10 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+class _Enough(Exception):
+    """Raised by a collector that has its `limit` of rows."""
+
+
 class _Collector:
     """Rows in reading order; bad ones are kept aside or raised at once, as the policy says."""
 
@@ -224,13 +251,20 @@ class _Collector:
         policy: str,
         check: Optional[Callable[[Dict[str, Any]], None]],
         key_fields: Optional[Mapping[str, str]],
+        limit: Optional[int] = None,
     ):
         self.name, self.policy, self.check, self.key_fields = name, policy, check, key_fields
+        self.limit = limit
         self.rows: List[Dict[str, Any]] = []
         self.bad: List[BadRow] = []
         self.failed: List[Dict[str, Any]] = []  # objects that failed `check`, for the keys they do have
 
+    def _full(self) -> None:
+        if self.limit is not None and len(self.rows) + len(self.bad) >= self.limit:
+            raise _Enough
+
     def reject(self, bad: BadRow, obj: Optional[Dict[str, Any]] = None) -> None:
+        self._full()
         if self.policy == "error":
             missing = obj is not None and bad.reason.startswith("missing key")
             hint = key_hint(self.name, bad.key, [obj], self.key_fields) if missing else None
@@ -242,6 +276,7 @@ class _Collector:
             self.failed.append(obj)
 
     def add(self, obj: Any, origin: str) -> None:
+        self._full()
         if not isinstance(obj, dict):
             self.reject(BadRow(self.name, origin, "not a JSON object", f"got {type(obj).__name__}"))
             return
@@ -258,7 +293,7 @@ class _Collector:
 def _read_file(file: Path, out: _Collector) -> None:
     shown = _display(file)
     if file.suffix == ".parquet":
-        for i, obj in enumerate(_read_parquet(out.name, file)):
+        for i, obj in enumerate(_read_parquet(out.name, file, out.limit)):
             out.add(obj, f"{shown}:row {i}")
         return
     if file.suffix == ".json":
@@ -312,10 +347,13 @@ def _read_json_list(name: str, file: Path) -> Optional[list]:
     return data
 
 
-def _read_parquet(name: str, file: Path) -> List[dict]:
+def _read_parquet(name: str, file: Path, limit: Optional[int] = None) -> List[dict]:
     import pyarrow.parquet as pq
 
     try:
+        if limit is not None:
+            batch = next(pq.ParquetFile(file).iter_batches(batch_size=max(int(limit), 1)), None)
+            return [] if batch is None else batch.to_pylist()
         return pq.read_table(file).to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(
@@ -324,11 +362,11 @@ def _read_parquet(name: str, file: Path) -> List[dict]:
         ) from e
 
 
-def _read_hub(name: str, path: str, split: str) -> Any:
+def _read_hub(name: str, path: str, split: str, config: Optional[str] = None) -> Any:
     try:
         import datasets
 
-        data = datasets.load_dataset(path, split=split)
+        data = datasets.load_dataset(path, config, split=split)
     except Exception as e:  # offline, unknown name, unknown split: all end the same way for the user
         raise DataError(
             f"'{path}' was not found locally (cwd {os.getcwd()}) and the Hugging Face hub could not load it, "

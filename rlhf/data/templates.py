@@ -15,8 +15,9 @@ Conventions:
 - Truncation: the prompt to `prompt_max_len` tokens from the left (keeps the end of the question), then the
   whole sample to `max_len` from the right. A sample with no trained token left is a bad row (`RowError`).
 
-`args` is any object with `input_template`, `apply_chat_template`, `max_len` and `prompt_max_len` attributes
-(a `DataConfig`, or `TemplateArgs`). The tokenizer is any HF PreTrainedTokenizer(Fast).
+`args` is any object with `apply_chat_template`, `max_len` and `prompt_max_len` attributes (a `DataConfig`,
+or `TemplateArgs`). Prompt templates with named row fields are applied before, by the row's format
+(`rlhf.data.formats.apply_prompt_template`), so they hold with and without the chat template. The tokenizer is any HF PreTrainedTokenizer(Fast).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ Segment = Tuple[str, bool]
 class TemplateArgs:
     """The template and length settings of a `DataConfig`, for callers that have no DataConfig at hand."""
 
-    input_template: Optional[str] = None
     apply_chat_template: bool = True
     max_len: int = 512
     prompt_max_len: int = 256
@@ -47,15 +47,13 @@ class TemplateArgs:
 # ------------------------------------------------------------------------------------------------------ prompts
 
 
-def render_prompt(
-    value: PromptValue, tokenizer: Any, *, input_template: Optional[str] = None, apply_chat_template: bool = True
-) -> str:
+def render_prompt(value: PromptValue, tokenizer: Any, *, apply_chat_template: bool = True) -> str:
     """The text a model continues: a string prompt (as one user message through the chat template with the
-    generation prompt, or wrapped in `input_template`'s `{}`), or a list of chat messages (chat template needed).
+    generation prompt, or as is), or a list of chat messages (chat template needed).
     """
     _check_chat_form(tokenizer, apply_chat_template, value)
     if not apply_chat_template:
-        return _apply_input_template(value, input_template)
+        return value
     return _render_chat(tokenizer, as_messages(value, "user"), add_generation_prompt=True)
 
 
@@ -66,7 +64,7 @@ def tokenize_prompt(
     prompt (decoded from the kept tokens when it was cut), "fields": the extra columns for reward functions}.
     """
     chat = bool(args.apply_chat_template)
-    text = render_prompt(prompt_value, tokenizer, input_template=args.input_template, apply_chat_template=chat)
+    text = render_prompt(prompt_value, tokenizer, apply_chat_template=chat)
     ids = (_leading_special_ids(tokenizer) if not chat else []) + _encode(tokenizer, text)
     if len(ids) > args.prompt_max_len:
         ids = ids[len(ids) - args.prompt_max_len :]
@@ -188,7 +186,7 @@ def tokenize_prm(
             hint="add it to the tokenizer as a special token, or choose a tag the tokenizer keeps whole",
         )
     chat = bool(args.apply_chat_template)
-    prompt = render_prompt(prompt_value, tokenizer, input_template=args.input_template, apply_chat_template=chat)
+    prompt = render_prompt(prompt_value, tokenizer, apply_chat_template=chat)
     ids = (_leading_special_ids(tokenizer) if not chat else []) + _encode(tokenizer, prompt)
     step_mask, step_labels = [0] * len(ids), [0.0] * len(ids)
     prompt_len = len(ids)
@@ -236,8 +234,7 @@ def _sft_segments(
             )
         return _chat_segments(tokenizer, prompt_value, train_from=0), True
     if not chat:
-        prompt = _apply_input_template(prompt_value, args.input_template)
-        return [(prompt, False), (response_value, True)], False
+        return [(prompt_value, False), (response_value, True)], False
     prompt_messages = as_messages(prompt_value, "user")
     response_messages = as_messages(response_value, "assistant")
     if not any(m.get("role") == "assistant" for m in response_messages):
@@ -330,18 +327,6 @@ def _truncate_parallel(
     return tuple(kept)
 
 
-def _apply_input_template(prompt: str, input_template: Optional[str]) -> str:
-    if not input_template:
-        return prompt
-    if "{}" not in input_template:
-        raise DataError(
-            f"input_template {input_template!r} has no '{{}}' for the prompt",
-            key="data.input_template",
-            hint="write e.g. 'Question: {}\\nAnswer: ' (double any literal braces)",
-        )
-    return input_template.format(prompt)
-
-
 def _check_chat_form(tokenizer: Any, apply_chat_template: bool, *values: Any) -> None:
     """Chat messages need the chat template; applying the chat template needs a tokenizer that has one."""
     if not apply_chat_template:
@@ -356,7 +341,7 @@ def _check_chat_form(tokenizer: Any, apply_chat_template: bool, *values: Any) ->
         raise DataError(
             f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template",
             key="data.apply_chat_template",
-            hint="set data.apply_chat_template=false (and data.input_template) for string prompts, or use a "
+            hint="set data.apply_chat_template=false (and data.prompt_template) for string prompts, or use a "
             "tokenizer with a chat template",
         )
 

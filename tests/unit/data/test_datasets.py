@@ -9,6 +9,12 @@ from rlhf.data.datasets import build_dataset
 from rlhf.data.errors import DataError
 from rlhf.data.readers import asset_root
 
+def _data(**kw) -> DataConfig:
+    """A DataConfig without the default hold-out, so that row counts below are whole sources."""
+    kw.setdefault("eval_fraction", 0.0)
+    return DataConfig(**kw)
+
+
 PAIRS = [{"prompt": f"What is {i} plus 1?", "response": f"The answer is {i + 1}."} for i in range(10)]
 CHATS = [
     {
@@ -36,7 +42,7 @@ def two_sources(write_jsonl, tmp_path, monkeypatch):
 
 
 def test_sft_mixture_and_its_summary(two_sources, chat_tokenizer):
-    data = build_dataset("sft", DataConfig(sources=two_sources), chat_tokenizer, "train")
+    data = build_dataset("sft", _data(sources=two_sources), chat_tokenizer, "train")
     # N = 10 + 5 = 15 at weights 1:1 -> 7.5 each; the tie's extra row goes to the first source: 8 and 7.
     assert len(data) == 15 and data.source_counts() == {"tiny": 8, "chat": 7}
     assert data.summary() == (
@@ -49,7 +55,7 @@ def test_sft_mixture_and_its_summary(two_sources, chat_tokenizer):
 
 
 def test_same_seed_same_dataset(two_sources, chat_tokenizer):
-    cfg = DataConfig(sources=two_sources)
+    cfg = _data(sources=two_sources)
     one = build_dataset("sft", cfg, chat_tokenizer, "train", seed=5)
     two = build_dataset("sft", cfg, chat_tokenizer, "train", seed=5)
     other = build_dataset("sft", cfg, chat_tokenizer, "train", seed=6)
@@ -59,14 +65,14 @@ def test_same_seed_same_dataset(two_sources, chat_tokenizer):
 def test_error_policy_raises_the_first_bad_row_with_its_key(two_sources, chat_tokenizer):
     # Line 3 (missing key) comes before line 7 (invalid JSON): line 3 is reported.
     with pytest.raises(DataError) as err:
-        build_dataset("sft", DataConfig(sources={"tiny": two_sources["tiny"]}, bad_rows="error"), chat_tokenizer)
+        build_dataset("sft", _data(sources={"tiny": two_sources["tiny"]}, bad_rows="error"), chat_tokenizer)
     message = str(err.value)
     assert "data source 'tiny'" in message and "data/x.jsonl:3" in message and "key 'response'" in message
 
 
 def test_wrong_key_name_stops_with_the_keys_rows_have(write_jsonl, chat_tokenizer):
     path = write_jsonl("q.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(6)])
-    cfg = DataConfig(sources={"gsm": SourceConfig(path=str(path), output_key="answer")})
+    cfg = _data(sources={"gsm": SourceConfig(path=str(path), output_key="answer")})
     with pytest.raises(DataError) as err:
         build_dataset("sft", cfg, chat_tokenizer)
     message = str(err.value)
@@ -76,7 +82,7 @@ def test_wrong_key_name_stops_with_the_keys_rows_have(write_jsonl, chat_tokenize
 
 def test_response_too_long_for_the_budget_is_a_bad_row(write_jsonl, chat_tokenizer):
     rows = [{"prompt": "What is 1 plus 2? " * 8, "response": "3"}] + PAIRS[:4]
-    cfg = DataConfig(sources={"s": SourceConfig(path=str(write_jsonl("p.jsonl", rows)))}, max_len=40, prompt_max_len=40)
+    cfg = _data(sources={"s": SourceConfig(path=str(write_jsonl("p.jsonl", rows)))}, max_len=40, prompt_max_len=40)
     data = build_dataset("sft", cfg, chat_tokenizer)
     assert len(data) == 4 and data.bad[0].reason == "no response token left after truncation"
 
@@ -87,7 +93,7 @@ def test_pair_task_in_both_forms(write_jsonl, chat_tokenizer):
         {"chosen": c["messages"], "rejected": c["messages"][:1] + [{"role": "assistant", "content": "no"}]}
         for c in CHATS
     ]
-    cfg = DataConfig(
+    cfg = _data(
         sources={
             "str": SourceConfig(path=str(write_jsonl("s.jsonl", strings))),
             "chat": SourceConfig(path=str(write_jsonl("c.jsonl", convs))),
@@ -103,7 +109,7 @@ def test_pair_task_in_both_forms(write_jsonl, chat_tokenizer):
 
 def test_prompt_task_keeps_fields_and_requires_them(write_jsonl, chat_tokenizer):
     rows = [{"prompt": f"What is {i} plus 1?", "answer": str(i + 1)} for i in range(4)] + [{"prompt": "q"}]
-    cfg = DataConfig(sources={"rl": SourceConfig(path=str(write_jsonl("r.jsonl", rows)), fields=["answer"])})
+    cfg = _data(sources={"rl": SourceConfig(path=str(write_jsonl("r.jsonl", rows)), fields=["answer"])})
     data = build_dataset("prompt", cfg, chat_tokenizer)
     assert sorted(s["fields"]["answer"] for s in data) == ["1", "2", "3", "4"]
     assert data.bad[0].reason == "missing key 'answer'"
@@ -112,12 +118,12 @@ def test_prompt_task_keeps_fields_and_requires_them(write_jsonl, chat_tokenizer)
 def test_unpaired_and_prm_tasks(write_jsonl, chat_tokenizer):
     kto = [{"prompt": "q1", "completion": "good", "label": True}, {"prompt": "q2", "completion": "bad", "label": 0}]
     prm = [{"prompt": "q", "steps": ["1 + 1 = 2.", "The answer is 2."], "labels": [True, False]}] * 2
-    kto_cfg = DataConfig(
+    kto_cfg = _data(
         sources={"k": SourceConfig(path=str(write_jsonl("k.jsonl", kto)), output_key="completion")}
     )
     labels = sorted(s["label"] for s in build_dataset("unpaired", kto_cfg, chat_tokenizer))
     assert labels == [False, True]
-    prm_cfg = DataConfig(
+    prm_cfg = _data(
         sources={"p": SourceConfig(path=str(write_jsonl("p.jsonl", prm)), output_key="steps", label_key="labels")}
     )
     data = build_dataset("prm", prm_cfg, chat_tokenizer, step_tag="<|step|>")
@@ -127,7 +133,7 @@ def test_unpaired_and_prm_tasks(write_jsonl, chat_tokenizer):
 
 
 def test_eval_fraction_holds_rows_out_of_training(write_jsonl, chat_tokenizer):
-    cfg = DataConfig(sources={"s": SourceConfig(path=str(write_jsonl("p.jsonl", PAIRS)))}, eval_fraction=0.2)
+    cfg = _data(sources={"s": SourceConfig(path=str(write_jsonl("p.jsonl", PAIRS)))}, eval_fraction=0.2)
     train = build_dataset("sft", cfg, chat_tokenizer, "train")
     held = build_dataset("sft", cfg, chat_tokenizer, "eval")
     # 10 rows, round(0.2 * 10) = 2 held out.
@@ -139,18 +145,18 @@ def test_eval_fraction_holds_rows_out_of_training(write_jsonl, chat_tokenizer):
 def test_eval_split_from_a_directory_and_no_eval(write_jsonl, tmp_path, chat_tokenizer):
     write_jsonl("d/train.jsonl", PAIRS[:7])
     write_jsonl("d/test.jsonl", PAIRS[7:])
-    with_eval = DataConfig(sources={"s": SourceConfig(path=str(tmp_path / "d"), eval_split="test")})
+    with_eval = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"), eval_split="test")})
     assert len(build_dataset("sft", with_eval, chat_tokenizer, "eval")) == 3
-    without = DataConfig(sources={"s": SourceConfig(path=str(tmp_path / "d"))})
+    without = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"))})
     empty = build_dataset("sft", without, chat_tokenizer, "eval")
     assert len(empty) == 0 and "no rows" in empty.summary()
 
 
 def test_unknown_task_and_split(two_sources, chat_tokenizer):
     with pytest.raises(DataError, match="unknown task"):
-        build_dataset("ppo", DataConfig(sources=two_sources), chat_tokenizer)
+        build_dataset("ppo", _data(sources=two_sources), chat_tokenizer)
     with pytest.raises(DataError, match="unknown split"):
-        build_dataset("sft", DataConfig(sources=two_sources), chat_tokenizer, "test")
+        build_dataset("sft", _data(sources=two_sources), chat_tokenizer, "test")
 
 
 SHIPPED = [
@@ -169,5 +175,5 @@ def test_shipped_data_sets_build_without_bad_rows(task, src, chat_tokenizer):
     name = src.path.split(":")[1]
     if not any((asset_root() / f).exists() for f in (name, f"{name}.jsonl")):
         pytest.skip(f"asset {name} not shipped yet")
-    data = build_dataset(task, DataConfig(sources={name: src}), chat_tokenizer, step_tag="<|step|>")
+    data = build_dataset(task, _data(sources={name: src}), chat_tokenizer, step_tag="<|step|>")
     assert len(data) == 60 and not data.bad, data.summary()

@@ -19,7 +19,7 @@ from rlhf.data.templates import (
 )
 
 CHAT = TemplateArgs()
-PLAIN = TemplateArgs(apply_chat_template=False, input_template="Question: {}\nAnswer: ")
+PLAIN = TemplateArgs(apply_chat_template=False)
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "hello"},
@@ -51,9 +51,6 @@ def test_render_prompt_forms(chat_tokenizer, plain_tokenizer):
     )
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     assert render_prompt(messages, chat_tokenizer).endswith("<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n")
-    assert (
-        render_prompt("hi", plain_tokenizer, input_template="Q: {}\nA:", apply_chat_template=False) == "Q: hi\nA:"
-    )
     assert render_prompt("hi", plain_tokenizer, apply_chat_template=False) == "hi"
 
 
@@ -62,8 +59,6 @@ def test_chat_needs_a_chat_template_and_messages_need_chat(chat_tokenizer, plain
         render_prompt("hi", plain_tokenizer)
     with pytest.raises(DataError, match="data.apply_chat_template is false"):
         render_prompt([{"role": "user", "content": "hi"}], chat_tokenizer, apply_chat_template=False)
-    with pytest.raises(DataError, match="no '\\{\\}'"):
-        render_prompt("hi", chat_tokenizer, input_template="Q:", apply_chat_template=False)
 
 
 def test_tokenize_prompt_cuts_from_the_left_and_keeps_fields(chat_tokenizer):
@@ -109,7 +104,8 @@ def test_response_given_as_messages_trains_only_the_response_turns(chat_tokenize
 
 
 def test_plain_text_gets_bos_and_eos(plain_tokenizer):
-    out = tokenize_sft("What is 3 plus 4?", "The answer is 7.", plain_tokenizer, PLAIN)
+    # The prompt template is applied by the row's format (rlhf/data/formats.py), before tokenizing.
+    out = tokenize_sft("Question: What is 3 plus 4?\nAnswer: ", "The answer is 7.", plain_tokenizer, PLAIN)
     ids, mask = out["input_ids"], out["loss_mask"]
     assert ids[0] == plain_tokenizer.bos_token_id and ids[-1] == plain_tokenizer.eos_token_id
     assert plain_tokenizer.decode(ids) == "<s>Question: What is 3 plus 4?\nAnswer: The answer is 7.<|endoftext|>"
