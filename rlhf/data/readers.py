@@ -476,7 +476,7 @@ def enforce_bad_fraction(
     first = next(b for b in bad if b.reason == reason)
     problem = (
         f"{len(bad)} of {total} rows are bad, more than data.max_bad_fraction={max_bad_fraction}; "
-        f"most common: {count} x {reason} (first at {first.origin})"
+        f"most common: {count} x {reason} (first at {first.origin}{'; ' + first.detail if first.detail else ''})"
     )
     hint = key_hint(name, first.key, rows, key_fields) if reason.startswith("missing key") else None
     if hint is None and reason in ("invalid JSON", "not a JSON object", "invalid UTF-8"):
