@@ -201,6 +201,7 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         raise PlanError([str(e)]) from None
     algo = cfg.algo
     _check_choices(cfg, spec, problems)
+    problems += __import__("rlhf.config.validate", fromlist=["_"]).run_control_problems(cfg)  # run control, eval
 
     hw = cfg.hw
     total_gpus = hw.nodes * hw.gpus_per_node

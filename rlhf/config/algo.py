@@ -29,6 +29,9 @@ class TrainConfig:
     epochs: int = 1
     # Stop after this many optimizer steps (None: run all epochs).
     max_steps: Optional[int] = None
+    # Wall-time budget: seconds or "HH:MM:SS" (None: no limit). The run stops at a step boundary in time to
+    # save, evaluate and finish normally. Held-out evaluation every N steps (0: at the start and end only).
+    max_time: Optional[str] = None
     eval_every: int = 0
     # Save resumable training state every N optimizer steps (0: only the final model).
     save_every: int = 0

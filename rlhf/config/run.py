@@ -14,6 +14,7 @@ from omegaconf import MISSING
 from rlhf.config.algo import DPOConfig, KTOConfig, RewardModelConfig, RLConfig, SFTConfig
 from rlhf.config.data import DataConfig
 from rlhf.config.engine import EngineConfig
+from rlhf.config.evaluation import EvalConfig, GenerateConfig
 from rlhf.config.hw import HwConfig
 from rlhf.config.model import ModelConfig
 from rlhf.config.placement import PlacementConfig
@@ -43,6 +44,12 @@ class RunConfig:
     output_dir: Optional[str] = None
     # Resume from the newest training-state checkpoint in output_dir when one exists.
     resume: bool = True
+    # Held-out evaluation (training's start/end and every algo.eval_every steps, and rlhf.eval) and
+    # rlhf.generate settings (rlhf/config/evaluation.py).
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # Show third-party warnings and progress bars (also `-v` on the command line).
+    verbose: bool = False
 
 
 # group -> {schema name: dataclass}; the names are what option files put in their defaults list.

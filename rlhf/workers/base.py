@@ -29,6 +29,10 @@ class RankWorker:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+        # The driver's -v / verbose=true (RLHF_VERBOSE) decides whether third-party warnings show here too.
+        from rlhf.quiet import set_verbose
+
+        set_verbose(None)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address and a free port for the role's process group."""

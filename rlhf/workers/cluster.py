@@ -27,7 +27,8 @@ def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | N
     }
     if num_gpus == 0:
         env_vars["RLHF_CPU_THREADS"] = str(max(1, (os.cpu_count() or 2) // max(cpu_processes, 1)))
-    for key in ("RLHF_CACHE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES"):
+    for key in ("RLHF_CACHE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES",
+                "RLHF_VERBOSE", "VLLM_LOGGING_LEVEL"):
         if key in os.environ:
             env_vars[key] = os.environ[key]
     runtime_env = {"env_vars": env_vars}

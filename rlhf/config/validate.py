@@ -1,0 +1,112 @@
+"""Plan-time checks of run control (algo.max_time, max_steps, epochs, save_every, eval_every) and of the
+`eval` / `generate` nodes: each problem names the key, what it holds, what is allowed and what to do.
+`resolve_plan` adds these to its own list, so every problem of a configuration is reported at once."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+_CLOCK = re.compile(r"^(?:(?P<d>\d+)-)?(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?)$")
+
+
+def parse_duration(value: Any) -> Optional[float]:
+    """Seconds of a wall-time budget: a number of seconds (600, "600", "90.5") or a clock "HH:MM:SS", "MM:SS",
+    "D-HH:MM:SS" (Slurm's --time forms). None for None; ValueError for anything else or a negative value."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            m = _CLOCK.match(text)
+            if m is None:
+                raise ValueError(f"{value!r} is not a duration") from None
+            seconds = (int(m["d"] or 0) * 86400 + int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60
+                       + float(m["s"]))
+    if seconds < 0:
+        raise ValueError(f"{value!r} is negative")
+    return seconds
+
+
+def run_control_problems(cfg) -> list[str]:
+    """Problems of the run-control fields of cfg.algo and of cfg.eval / cfg.generate (empty when all is well)."""
+    problems: list[str] = []
+    a = cfg.algo
+    max_time = getattr(a, "max_time", None)
+    try:
+        parse_duration(max_time)
+    except ValueError:
+        problems.append(f"algo.max_time={max_time!r} is not a wall-time budget: give seconds (algo.max_time=3600) "
+                        "or a clock (algo.max_time=01:00:00, or D-HH:MM:SS), >= 0; null means no limit")
+    if a.max_steps is not None and a.max_steps < 1:
+        problems.append(f"algo.max_steps={a.max_steps} must be >= 1 (null: run all algo.epochs)")
+    if a.epochs < 1:
+        problems.append(f"algo.epochs={a.epochs} must be >= 1")
+    if a.save_every < 0:
+        problems.append(f"algo.save_every={a.save_every} must be >= 0 (0: only the final model)")
+    if a.eval_every < 0:
+        problems.append(f"algo.eval_every={a.eval_every} must be >= 0 (0: evaluate at the start and end only)")
+    if a.keep_checkpoints < 1:
+        problems.append(f"algo.keep_checkpoints={a.keep_checkpoints} must be >= 1")
+    problems += eval_problems(cfg.eval)
+    problems += generate_problems(cfg.generate)
+    return problems
+
+
+def eval_problems(e) -> list[str]:
+    problems = []
+    if e.max_prompts is not None and e.max_prompts < 1:
+        problems.append(f"eval.max_prompts={e.max_prompts} must be >= 1 (null: every held-out prompt)")
+    if e.n_samples < 0:
+        problems.append(f"eval.n_samples={e.n_samples} must be >= 0 (0: no sampled evaluation)")
+    if not e.greedy and e.n_samples == 0:
+        problems.append("eval.greedy=false with eval.n_samples=0 evaluates nothing; set eval.n_samples >= 1 or "
+                        "eval.greedy=true")
+    if e.n_samples > 0:
+        bad = [k for k in e.k if not 1 <= k <= e.n_samples]
+        if bad or not e.k:
+            problems.append(f"eval.k={list(e.k)}: each k of pass@k / maj@k must lie in 1..eval.n_samples="
+                            f"{e.n_samples}; raise eval.n_samples or drop {bad}")
+        if e.temperature is not None and e.temperature == 0 and e.n_samples > 1:
+            problems.append(f"eval.temperature=0 with eval.n_samples={e.n_samples} gives identical samples, so "
+                            "pass@k equals greedy accuracy; use eval.temperature > 0 (e.g. 1.0)")
+    if e.temperature is not None and e.temperature < 0:
+        problems.append(f"eval.temperature={e.temperature} must be >= 0")
+    if e.top_p is not None and not 0 < e.top_p <= 1:
+        problems.append(f"eval.top_p={e.top_p} must lie in (0, 1]")
+    if e.max_new_tokens is not None and e.max_new_tokens < 1:
+        problems.append(f"eval.max_new_tokens={e.max_new_tokens} must be >= 1 (null: rollout.max_new_tokens)")
+    if ":" not in e.answer_extractor:
+        problems.append(f"eval.answer_extractor={e.answer_extractor!r}: write it as module:function, e.g. "
+                        "rlhf.rewards.functions:extract_answer")
+    return problems
+
+
+def generate_problems(g) -> list[str]:
+    from rlhf.evaluation.generation import BACKENDS
+
+    problems = []
+    if g.n < 1:
+        problems.append(f"generate.n={g.n} must be >= 1")
+    if g.temperature < 0:
+        problems.append(f"generate.temperature={g.temperature} must be >= 0 (0: greedy)")
+    elif g.temperature == 0 and g.n > 1:
+        problems.append(f"generate.n={g.n} with generate.temperature=0 (greedy) gives {g.n} identical responses; "
+                        "set generate.temperature > 0 (e.g. 1.0) or generate.n=1")
+    if not 0 < g.top_p <= 1:
+        problems.append(f"generate.top_p={g.top_p} must lie in (0, 1]")
+    if g.max_new_tokens is not None and g.max_new_tokens < 1:
+        problems.append(f"generate.max_new_tokens={g.max_new_tokens} must be >= 1 (null: rollout.max_new_tokens)")
+    if g.max_prompts is not None and g.max_prompts < 1:
+        problems.append(f"generate.max_prompts={g.max_prompts} must be >= 1 (null: every prompt)")
+    if g.backend not in BACKENDS:
+        problems.append(f"generate.backend={g.backend!r}: choose one of {list(BACKENDS)}")
+    if g.batch_size < 1:
+        problems.append(f"generate.batch_size={g.batch_size} must be >= 1")
+    return problems
