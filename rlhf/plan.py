@@ -9,6 +9,7 @@ in memory comes with the estimate of each usual remedy (ZeRO-3, offload, LoRA, Q
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -96,6 +97,10 @@ class Plan:
     # The run seed; rank r of a role seeds with seed + role.seed_offset + r (SEED_FORMULA).
     seed: int = 0
     seed_formula: str = ""
+    # What the planner chose for the values left unset, and why ("engine: zero3 (zero2 needs 93 GiB of 79)").
+    chosen: tuple[str, ...] = field(default_factory=tuple)
+    # The run config with every unset value filled by the planner (the object resolve_plan was given).
+    config: Optional[RunConfig] = field(default=None, compare=False, repr=False)
 
     def role(self, name: str) -> Optional[RolePlan]:
         return next((r for r in self.roles if r.role == name), None)
@@ -105,7 +110,8 @@ class Plan:
         return self.seed + (r.seed_offset if r is not None else 0) + rank
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, config=None))
+        d.pop("config")
         d["memory"] = [dict(asdict(m), total_gib=m.total_gib) for m in self.memory]
         return d
 
@@ -142,6 +148,8 @@ class Plan:
                     f"  {m.role:<{width}} {m.weights_gib:8.2f} {m.grads_gib:6.2f} {m.optimizer_gib:6.2f} "
                     f"{m.activations_gib:6.2f} {m.other_gib:6.2f} {m.total_gib:6.2f} {m.host_gib:5.1f}"
                 )
+        for c in self.chosen:
+            lines.append(f"chosen          {c}")
         for n in self.notes:
             lines.append(f"note            {n}")
         return "\n".join(lines)
@@ -200,12 +208,16 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     except ValueError as e:
         raise PlanError([str(e)]) from None
     algo = cfg.algo
-    _check_choices(cfg, spec, problems)
-    problems += __import__("rlhf.config.validate", fromlist=["_"]).run_control_problems(cfg)  # run control, eval
-
     hw = cfg.hw
     total_gpus = hw.nodes * hw.gpus_per_node
     device = "cuda" if total_gpus > 0 else "cpu"
+    chosen: list[str] = []
+    # Architecture numbers first: every later choice depends on the model's size.
+    models = _fill_models(cfg, spec, problems, chosen)
+    if models is None:
+        raise PlanError(problems)
+    _check_choices(cfg, spec, problems)
+    problems += __import__("rlhf.config.validate", fromlist=["_"]).run_control_problems(cfg)  # run control, eval
     dtype = cfg.engine.dtype
     if dtype == "auto":
         dtype = "bf16" if (device == "cuda" and hw.bf16) else "fp32"
@@ -220,13 +232,23 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     onpolicy = spec.family == "onpolicy"
     reference = spec.reference or (onpolicy and algo.kl_coef > 0)
     critic = onpolicy and algo.advantage in _critic_estimators()
+    _fill_layout(cfg, spec, total_gpus, critic, reference, chosen)
     roles, actor_gpus = _roles(cfg, spec, total_gpus, reference, critic, problems, notes)
     world = actor_gpus if device == "cuda" else max(hw.cpu_workers, 1)
+    roles = [replace(r, name_or_path=models.get(r.role.split(".")[0])) for r in roles]
+    _fill_scale(cfg, spec, world, chosen)
+    if device == "cuda":
+        _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
+    else:
+        _fill_cpu(cfg, world, chosen)
 
     micro = algo.micro_batch_per_gpu
     tbs = algo.train_batch_samples
     grad_accum = 0
-    if micro < 1 or tbs < 1:
+    if micro is None or tbs is None:
+        problems.append("algo.micro_batch_per_gpu and algo.train_batch_samples could not be chosen; set them")
+        micro = micro or 0
+    elif micro < 1 or tbs < 1:
         problems.append(
             f"algo.micro_batch_per_gpu={micro} and algo.train_batch_samples={tbs} must both be >= 1"
         )
@@ -265,6 +287,10 @@ def resolve_plan(cfg: RunConfig) -> Plan:
                 "(model.lora.rank=16), or a hw profile with more nodes"
             )
         notes.extend(_rollout_notes(cfg, estimates, roles))
+        tried = next((c for c in chosen if c.startswith(_NONE_FITS)), None)
+        first = next((i for i, p in enumerate(problems) if p.startswith(("out of GPU memory", "offloaded states"))), None)
+        if tried and first is not None:
+            problems[first] += "\n    the planner tried, each at its smallest micro-batch: " + tried[len(_NONE_FITS):]
 
     if problems:
         raise PlanError(problems)
@@ -296,6 +322,8 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         seq_len=_seq_len(cfg, spec),
         seed=cfg.seed,
         seed_formula=SEED_FORMULA,
+        chosen=tuple(chosen),
+        config=cfg,
     )
 
 
@@ -408,11 +436,12 @@ def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
     _choice(problems, "rollout.sync", cfg.rollout.sync, {"auto", "ipc", "nccl"})
     _choice(problems, "tracking.backend", cfg.tracking.backend, {"mlflow", "none"})
     _choice(problems, "engine.dtype", cfg.engine.dtype, {"auto", "bf16", "fp16", "fp32"})
-    _choice(problems, "engine.zero_stage", cfg.engine.zero_stage, {0, 1, 2, 3})
+    if cfg.engine.zero_stage is not None:
+        _choice(problems, "engine.zero_stage", cfg.engine.zero_stage, {0, 1, 2, 3})
     _choice(problems, "data.bad_rows", cfg.data.bad_rows, {"skip", "error"})
     _choice(problems, "algo.lr_scheduler", cfg.algo.lr_scheduler, {"cosine", "linear", "constant"})
     _choice(problems, "mode", cfg.mode, {"train", "plan"})
-    if cfg.engine.offload_params and cfg.engine.zero_stage != 3:
+    if cfg.engine.offload_params and cfg.engine.zero_stage not in (3, None):
         problems.append(
             f"engine.offload_params=true needs engine.zero_stage=3 (got {cfg.engine.zero_stage}); use "
             "engine=zero3_offload, or engine=zero2_offload to offload only the optimizer"
@@ -595,7 +624,7 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         own_pool = ref_plan is not None and ref_plan.pool == "ref"
         shards = (ref_plan.num_workers if own_pool else world) if e.zero_stage == 3 else 1
         by_role["ref"] = inference_memory(
-            "ref", shape, shards=shards, micro_batch=common["micro_batch"], seq_len=seq,
+            "ref", _role_shape(cfg, "ref"), shards=shards, micro_batch=common["micro_batch"], seq_len=seq,
             bytes_per_param=bytes_per_param, zero3=e.zero_stage == 3,
         )
     if critic:
@@ -604,7 +633,7 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         critic_dp = critic_plan.num_workers if critic_plan is not None and critic_plan.pool == "critic" else world
         critic_micro = critic_plan.micro_batch_per_gpu if critic_plan is not None else 0
         by_role["critic"] = training_memory(
-            "critic", shape,
+            "critic", _role_shape(cfg, "critic"),
             **dict(common, dp_size=critic_dp, lora_fraction=1.0, base_bytes_per_param=None, with_lm_head=False,
                    micro_batch=critic_micro or common["micro_batch"]),
         )
@@ -706,6 +735,455 @@ def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
                 f"{room:.2f}"
             )
     return notes
+
+
+# --- choosing what the configuration leaves unset -------------------------------------------------------------
+#
+# Each _fill_* function sets the fields still None on `cfg` (values given in an option file, a tuning file or
+# on the command line are kept as given) and appends one line per choice to `chosen`, saying why.
+
+_ARCH_REQUIRED = ("params_b", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                  "vocab_size")
+_ARCH_DEFAULTS = dict(model_type="llama", num_experts=1, experts_per_token=1, tie_word_embeddings=False,
+                      max_position_embeddings=4096)
+
+
+@functools.lru_cache(maxsize=256)
+def _arch(name_or_path: str, key: str):
+    from rlhf.models.arch import find_arch
+
+    return find_arch(name_or_path, key)
+
+
+def _fill_models(cfg: RunConfig, spec: AlgoSpec, problems: list[str], chosen: list[str]) -> Optional[dict]:
+    """Fill the actor's architecture numbers; returns {role: weights to load (None: the actor's)} or None."""
+    from rlhf.models.arch import ArchError, preset_name_or_path
+
+    m = cfg.model
+    _refresh_stale_preset(m, problems, chosen)
+    if problems:
+        return None
+    if any(getattr(m, k) is None for k in _ARCH_REQUIRED):
+        try:
+            found = _arch(m.name_or_path, "model.name_or_path")
+        except ArchError as e:
+            problems.append(str(e))
+            return None
+        filled = [k for k in _ARCH_REQUIRED + tuple(_ARCH_DEFAULTS) if getattr(m, k) is None]
+        for k in filled:
+            setattr(m, k, getattr(found, k))
+        chosen.append(f"model: {', '.join(filled)} from {found.source} ({found.params_b:.3g}B parameters)")
+    for k, v in _ARCH_DEFAULTS.items():
+        if getattr(m, k) is None:
+            setattr(m, k, v)
+    models: dict = {}
+    ref_path = cfg.ref.name_or_path or getattr(cfg.algo, "ref_name_or_path", None)
+    for role, path in (("critic", cfg.critic.name_or_path), ("ref", ref_path)):
+        if not path:
+            continue
+        try:
+            found = _arch(path, f"{role}.name_or_path")
+        except ArchError as e:
+            problems.append(str(e))
+            return None
+        models[role] = preset_name_or_path(path) or path
+        chosen.append(f"{role}: {models[role]}, {found.params_b:.3g}B parameters ({found.source})")
+    return models
+
+
+def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
+    """`model=<preset> model.name_or_path=<another model>`: the preset's numbers describe its own model.
+
+    When every architecture number equals a preset's and no preset with those numbers loads this name_or_path,
+    the numbers (and the preset's train_defaults) are the preset's, not this model's: read the model's own,
+    keeping the numbers that differ from the preset's (given on the command line).
+    """
+    from rlhf.models.arch import ArchError, looks_like_path, presets
+
+    if m.name_or_path.startswith("tiny:"):
+        return
+    keys = _ARCH_REQUIRED + tuple(_ARCH_DEFAULTS)
+    same = {name: v for name, v in presets().items()
+            if all(v.get(k) is None or getattr(m, k) is None or v.get(k) == getattr(m, k) for k in _ARCH_REQUIRED)
+            and any(v.get(k) is not None for k in _ARCH_REQUIRED)}
+    if not same or any(v.get("name_or_path") == m.name_or_path for v in same.values()):
+        return
+    name, values = next(iter(same.items()))
+    try:
+        found = _arch(m.name_or_path, "model.name_or_path")
+    except ArchError as e:
+        if looks_like_path(m.name_or_path):
+            problems.append(str(e))
+        else:
+            # A hub id known nowhere offline (a fine-tune of the preset's model, say): keep the preset's numbers.
+            chosen.append(f"model: {m.name_or_path} is not available offline; the numbers of conf/model/{name}.yaml "
+                          "are used")
+        return
+    if found.source.startswith("conf/model/"):
+        return
+    replaced = [k for k in keys if getattr(m, k) is not None and getattr(m, k) == values.get(k)
+                and getattr(m, k) != getattr(found, k)]
+    for k in keys:
+        if getattr(m, k) is None or getattr(m, k) == values.get(k):
+            setattr(m, k, getattr(found, k))
+    if m.train_defaults:
+        m.train_defaults = {}
+    chosen.append(f"model: architecture of {m.name_or_path} from {found.source} ({found.params_b:.3g}B parameters), "
+                  f"not the numbers of conf/model/{name}.yaml" + (f" ({', '.join(replaced)} differ)" if replaced else ""))
+
+
+def _role_shape(cfg: RunConfig, role: str) -> ModelShape:
+    """The shape of the critic's or reference's weights: their own model when one is named, else the actor's."""
+    path = cfg.critic.name_or_path if role == "critic" else (
+        cfg.ref.name_or_path or getattr(cfg.algo, "ref_name_or_path", None))
+    if not path:
+        return _shape(cfg)
+    a = _arch(path, f"{role}.name_or_path")
+    return ModelShape(params_b=a.params_b, hidden_size=a.hidden_size, num_layers=a.num_layers,
+                      vocab_size=a.vocab_size, num_kv_heads=a.num_kv_heads, num_heads=a.num_heads,
+                      num_experts=a.num_experts, experts_per_token=a.experts_per_token,
+                      intermediate_size=a.intermediate_size)
+
+
+def _scale_defaults(cfg: RunConfig):
+    """The model preset's ScaleDefaults for this algorithm: by its name, else by its schema (rl, dpo, ...)."""
+    from rlhf.config.run import SCHEMAS
+
+    table = cfg.model.train_defaults or {}
+    kind = next((k for k, cls in SCHEMAS["algo"].items() if type(cfg.algo) is cls), None)
+    key = cfg.algo.name if cfg.algo.name in table else kind
+    return (key, table[key]) if key in table else (None, None)
+
+
+def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -> None:
+    """Learning rates, batch and rollout size: the model preset's values, else rlhf/scale.py's rule."""
+    from rlhf import scale
+
+    a = cfg.algo
+    onpolicy = spec.family == "onpolicy"
+    key, preset = _scale_defaults(cfg)
+    where = f"model.train_defaults.{key}"
+
+    def pick(field_name: str, rule_value, rule_source: str):
+        value = getattr(preset, field_name, None) if preset is not None else None
+        return (value, where) if value is not None else (rule_value, rule_source)
+
+    rule = scale.source(a.name, onpolicy)
+    if a.lr is None:
+        a.lr, src = pick("lr", scale.learning_rate(a.name, onpolicy, cfg.model.params_b), rule)
+        chosen.append(f"algo.lr={a.lr:g} ({src}, {cfg.model.params_b:.3g}B parameters)")
+    if onpolicy and a.critic_lr is None:
+        a.critic_lr, src = pick("critic_lr", scale.CRITIC_LR, rule)
+        if a.advantage in _critic_estimators():
+            chosen.append(f"algo.critic_lr={a.critic_lr:g} ({src})")
+    if a.train_batch_samples is None:
+        tbs, src = pick("train_batch_samples", scale.train_batch_samples(a.name, onpolicy), rule)
+        # Every rank needs at least one sample per optimizer step.
+        raised = -(-tbs // world) * world
+        a.train_batch_samples = raised
+        why = f"{src}" + (f", raised from {tbs} to a multiple of the {world} ranks" if raised != tbs else "")
+        chosen.append(f"algo.train_batch_samples={raised} ({why})")
+    if onpolicy and a.prompts_per_step is None and a.samples_per_prompt >= 1:
+        samples, src = pick("rollout_samples", scale.ROLLOUT_STEPS * a.train_batch_samples,
+                            f"{scale.ROLLOUT_STEPS} optimizer steps per rollout batch, rlhf/scale.py")
+        # Whole optimizer steps per rollout batch, and whole prompt groups.
+        samples = max(samples, a.train_batch_samples)
+        step = a.train_batch_samples * a.samples_per_prompt // math.gcd(a.train_batch_samples, a.samples_per_prompt)
+        samples = -(-samples // step) * step
+        a.prompts_per_step = samples // a.samples_per_prompt
+        chosen.append(f"algo.prompts_per_step={a.prompts_per_step} ({a.prompts_per_step} x {a.samples_per_prompt} = "
+                      f"{samples} rollout samples per step; {src})")
+
+
+def _fill_cpu(cfg: RunConfig, world: int, chosen: list[str]) -> None:
+    """A CPU run has no memory budget: ZeRO-2 without offload or checkpointing, the preset's micro-batch."""
+    e = cfg.engine
+    for k, v in (("zero_stage", 2), ("gradient_checkpointing", False), ("offload_optimizer", False),
+                 ("offload_params", False)):
+        if getattr(e, k) is None:
+            setattr(e, k, v)
+    a = cfg.algo
+    if a.micro_batch_per_gpu is None:
+        fits = _micro_candidates(cfg, world)
+        a.micro_batch_per_gpu = fits[0] if fits else 1
+        chosen.append(f"algo.micro_batch_per_gpu={a.micro_batch_per_gpu} (the largest up to "
+                      f"{_micro_cap(cfg)} that splits {a.train_batch_samples} samples over {world} rank(s))")
+    _fill_rollout_defaults(cfg)
+
+
+def _fill_rollout_defaults(cfg: RunConfig) -> None:
+    """Values a run without vLLM never uses, set so that no consumer meets None."""
+    ro = cfg.rollout
+    if ro.num_engines is None:
+        ro.num_engines = 1
+    if ro.tensor_parallel_size is None:
+        ro.tensor_parallel_size = 1
+    if ro.gpu_memory_utilization is None:
+        ro.gpu_memory_utilization = 0.5
+
+
+def _micro_cap(cfg: RunConfig) -> int:
+    from rlhf import scale
+
+    _key, preset = _scale_defaults(cfg)
+    if preset is not None and preset.micro_batch_per_gpu:
+        return preset.micro_batch_per_gpu
+    return scale.MAX_MICRO
+
+
+def _micro_candidates(cfg: RunConfig, world: int) -> list[int]:
+    """Micro-batches to try, largest first: the given one, else those that divide the batch over the ranks."""
+    a = cfg.algo
+    if a.micro_batch_per_gpu is not None:
+        return [a.micro_batch_per_gpu]
+    tbs = a.train_batch_samples
+    return [m for m in range(min(_micro_cap(cfg), tbs), 0, -1) if tbs % (m * world) == 0]
+
+
+def _tp_candidates(cfg: RunConfig) -> list[int]:
+    """vLLM tensor-parallel sizes the model's heads and one node's GPUs allow, smallest first."""
+    m = cfg.model
+    per_node = max(cfg.hw.gpus_per_node, 1)
+    return [t for t in _divisors(per_node) if m.num_heads % t == 0 and (m.num_kv_heads % t == 0 or t % m.num_kv_heads == 0)]
+
+
+def _fill_layout(cfg: RunConfig, spec: AlgoSpec, total_gpus: int, critic: bool, reference: bool,
+                 chosen: list[str]) -> None:
+    """vLLM engines and tensor parallelism, and the GPU split of placement=separate."""
+    ro, p = cfg.rollout, cfg.placement
+    vllm = spec.family == "onpolicy" and ro.backend == "vllm" and total_gpus > 0
+    gpu = cfg.hw.gpu_memory_gb
+    for k in ("critic_gpus", "ref_gpus", "reward_gpus"):
+        if getattr(p, k) is None and (p.mode != "separate" or spec.family != "onpolicy"):
+            setattr(p, k, 0)
+    if not vllm:
+        if p.rollout_gpus is None:
+            p.rollout_gpus = 0
+        if p.mode == "separate" and spec.family == "onpolicy":
+            _fill_separate_counts(cfg, total_gpus, critic, reference, 0, chosen)
+        _fill_rollout_defaults(cfg)
+        return
+    weights_gib = cfg.model.params_b * 1e9 * 2 / GIB
+    separate = p.mode == "separate"
+    if ro.tensor_parallel_size is None:
+        # Colocated engines share the GPU with training states: their weight shard should take at most a third
+        # of it; engines on their own GPUs at most half, so that the rest holds the KV cache.
+        share = 0.5 if separate else 1 / 3
+        tps = _tp_candidates(cfg) or [1]
+        ro.tensor_parallel_size = next((t for t in tps if weights_gib / t <= share * gpu), tps[-1])
+        chosen.append(
+            f"rollout.tensor_parallel_size={ro.tensor_parallel_size} (the smallest whose weight shard, "
+            f"{weights_gib / ro.tensor_parallel_size:.1f} GiB, is at most {share:.2g} of a {gpu:g} GiB GPU)"
+        )
+    tp = ro.tensor_parallel_size
+    if ro.num_engines is None:
+        if separate:
+            gpus = p.rollout_gpus or max(tp, (total_gpus // 4) // tp * tp)
+            ro.num_engines = max(gpus // tp, 1)
+            why = "placement.rollout_gpus" if p.rollout_gpus else "a quarter of the GPUs"
+        else:
+            ro.num_engines = max(total_gpus // tp, 1)
+            why = "engines x tensor-parallel cover every GPU (colocated)"
+        chosen.append(f"rollout.num_engines={ro.num_engines} ({why})")
+    if separate:
+        if p.rollout_gpus is None:
+            p.rollout_gpus = ro.num_engines * tp
+        _fill_separate_counts(cfg, total_gpus, critic, reference, ro.num_engines * tp, chosen)
+    elif p.rollout_gpus is None:
+        p.rollout_gpus = 0
+
+
+def _fill_separate_counts(cfg: RunConfig, total_gpus: int, critic: bool, reference: bool, rollout_gpus: int,
+                          chosen: list[str]) -> None:
+    """placement=separate: the fewest GPUs on which the critic's (and a separate reference's) ZeRO-3 states fit."""
+    p = cfg.placement
+    budget = cfg.hw.gpu_memory_gb * 0.9 - FRAMEWORK_OVERHEAD_GIB - 2.0
+
+    def fewest(params_b: float, bytes_per_param: float) -> int:
+        need = params_b * 1e9 * bytes_per_param / GIB
+        k = 1
+        while need / k > budget and k < total_gpus:
+            k *= 2
+        return k
+
+    left = total_gpus - rollout_gpus
+    if p.critic_gpus is None:
+        if critic:
+            # ZeRO-3 with checkpointing: 2 (weights) + 4 (fp32 gradients) + 12 (Adam) bytes per parameter.
+            k = min(fewest(_role_shape(cfg, "critic").params_b, 18), max(left // 2, 1))
+            p.critic_gpus = k
+            chosen.append(f"placement.critic_gpus={k} (the fewest on which its ZeRO-3 states, 18 bytes a "
+                          f"parameter, fit in 90% of a GPU; at most half of the {left} non-rollout GPUs)")
+        else:
+            p.critic_gpus = 0
+    if p.ref_gpus is None:
+        if reference and not p.colocate_actor_ref:
+            p.ref_gpus = fewest(_role_shape(cfg, "ref").params_b, 2)
+            chosen.append(f"placement.ref_gpus={p.ref_gpus} (the fewest that hold its 16-bit weights)")
+        else:
+            p.ref_gpus = 0
+    if p.reward_gpus is None:
+        p.reward_gpus = 0
+
+
+# Engine settings tried when the configuration leaves them unset, fastest first.
+_ENGINE_LADDER = (
+    ("zero2", dict(zero_stage=2, offload_optimizer=False, offload_params=False)),
+    ("zero3", dict(zero_stage=3, offload_optimizer=False, offload_params=False)),
+    ("zero2 + CPU Adam", dict(zero_stage=2, offload_optimizer=True, offload_params=False)),
+    ("zero3 + CPU Adam", dict(zero_stage=3, offload_optimizer=True, offload_params=False)),
+    ("zero3 + CPU Adam + offloaded weights", dict(zero_stage=3, offload_optimizer=True, offload_params=True)),
+)
+
+
+def _engine_candidates(cfg: RunConfig) -> list[tuple[str, dict]]:
+    """The ladder restricted to what the configuration fixes (an explicit zero_stage, offload...)."""
+    e = cfg.engine
+    out, seen = [], set()
+    for name, values in _ENGINE_LADDER:
+        merged = {k: (getattr(e, k) if getattr(e, k) is not None else v) for k, v in values.items()}
+        # DeepSpeed offloads only partitioned states: CPU Adam needs ZeRO >= 1, offloaded weights ZeRO-3.
+        if (merged["offload_params"] and merged["zero_stage"] != 3) or (merged["offload_optimizer"] and merged["zero_stage"] == 0):
+            continue
+        ckpt = e.gradient_checkpointing if e.gradient_checkpointing is not None else True
+        merged["gradient_checkpointing"] = ckpt
+        key = tuple(sorted(merged.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((_engine_name(merged), merged))
+    return out
+
+
+def _engine_name(v: dict) -> str:
+    name = f"zero{v['zero_stage']}"
+    if v["offload_optimizer"]:
+        name += " + CPU Adam"
+    if v["offload_params"]:
+        name += " + offloaded weights"
+    return name + ("" if v["gradient_checkpointing"] else " (no checkpointing)")
+
+
+def _trial(cfg: RunConfig, engine: dict, micro: int, util: Optional[float]) -> RunConfig:
+    rollout = replace(cfg.rollout, gpu_memory_utilization=util if util is not None else
+                      (cfg.rollout.gpu_memory_utilization or 0.5))
+    return replace(cfg, engine=replace(cfg.engine, **engine), algo=replace(cfg.algo, micro_batch_per_gpu=micro),
+                   rollout=rollout)
+
+
+def _evaluate(cfg, spec, roles, world, reference, critic, dtype) -> tuple[bool, float, str]:
+    """(fits, peak GiB of the fullest pool, why not) of one concrete candidate: GPU pools and host memory."""
+    hw = cfg.hw
+    problems: list[str] = []
+    tbs, micro = cfg.algo.train_batch_samples, cfg.algo.micro_batch_per_gpu
+    roles = _with_batches(roles, micro, max(tbs // (micro * world), 1), tbs, world, problems)
+    estimates, pools = _memory(cfg, spec, roles, world, reference, critic, dtype)
+    peak, members = max(((est.total_gib, names) for est, names in pools), key=lambda t: t[0])
+    if problems:
+        return False, peak, problems[0]
+    if peak > hw.gpu_memory_gb:
+        return False, peak, f"{'+'.join(members)} needs {peak:.1f} GiB of {hw.gpu_memory_gb:g}"
+    host = _host_gib_per_node(cfg, estimates, roles)
+    if host > hw.cpu_memory_gb:
+        return False, peak, (f"its offloaded states need {host:.0f} GiB of host memory per node, "
+                             f"hw.cpu_memory_gb={hw.cpu_memory_gb:g}")
+    return True, peak, ""
+
+
+def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen: list[str]) -> None:
+    """The fastest engine setting and the largest micro-batch that fit every pool; the most frugal when none does."""
+    e, a, ro = cfg.engine, cfg.algo, cfg.rollout
+    engine_auto = any(getattr(e, k) is None for k in ("zero_stage", "gradient_checkpointing", "offload_optimizer",
+                                                      "offload_params"))
+    micro_auto = a.micro_batch_per_gpu is None
+    vllm = spec.family == "onpolicy" and ro.backend == "vllm"
+    util_auto = vllm and ro.gpu_memory_utilization is None
+    if not vllm:
+        _fill_rollout_defaults(cfg)
+    # No micro-batch dividing the batch: try 1, and the divisibility check reports the sizes that work.
+    micros = _micro_candidates(cfg, world) or [1]
+    rejected: list[str] = []
+    best = None  # (peak, engine name, engine values, micro, vLLM fraction)
+    for name, values in _engine_candidates(cfg):
+        reason = "no candidate"
+        for m in micros:
+            util = None
+            if util_auto:
+                util = _auto_fraction(cfg, spec, values, m, roles, world, reference, critic, dtype)
+                if isinstance(util, str):
+                    reason = util
+                    continue
+            fits, peak, reason = _evaluate(_trial(cfg, values, m, util), spec, roles, world, reference, critic, dtype)
+            if best is None or peak < best[0]:
+                best = (peak, name, values, m, util)
+            if fits:
+                _apply(cfg, values, m, util)
+                if engine_auto:
+                    why = "; ".join(rejected) if rejected else "the fastest setting that fits"
+                    chosen.append(f"engine: {name} ({why})")
+                if micro_auto:
+                    chosen.append(f"algo.micro_batch_per_gpu={m} (the largest up to {_micro_cap(cfg)} that splits "
+                                  f"{a.train_batch_samples} samples over {world} rank(s) and fits)")
+                if util_auto:
+                    where = ("what the training states leave free on each shared GPU"
+                             if cfg.placement.mode != "separate" else "the engines own their GPUs")
+                    chosen.append(f"rollout.gpu_memory_utilization={util:g} ({where})")
+                return
+        rejected.append(f"{name}: {reason} at micro-batch {micros[-1]}")
+        if not engine_auto:
+            break
+    # Nothing fits: report the fastest setting at its smallest micro-batch, with the estimate of each remedy
+    # (rlhf/plan.py _oom_advice) and what the planner tried.
+    _name, values = _engine_candidates(cfg)[0]
+    _apply(cfg, values, micros[-1], None)
+    if engine_auto or micro_auto:
+        chosen.append(_NONE_FITS + "; ".join(rejected))
+
+
+_NONE_FITS = "engine: none fits: "
+
+
+def _apply(cfg: RunConfig, engine: dict, micro: int, util: Optional[float]) -> None:
+    for k, v in engine.items():
+        if getattr(cfg.engine, k) is None:
+            setattr(cfg.engine, k, v)
+    if cfg.algo.micro_batch_per_gpu is None:
+        cfg.algo.micro_batch_per_gpu = micro
+    if cfg.rollout.gpu_memory_utilization is None:
+        cfg.rollout.gpu_memory_utilization = util if util is not None else 0.5
+
+
+def _auto_fraction(cfg, spec, engine: dict, micro: int, roles, world, reference, critic, dtype):
+    """vLLM's memory fraction: 0.85 on its own GPUs; colocated, what the training states leave (in steps of 0.05,
+    at most 0.9). A string says why the engine would get too little: its weights plus KV cache for a few
+    sequences must fit."""
+    from rlhf.memory import kv_cache_bytes_per_token
+
+    ro, gpu = cfg.rollout, cfg.hw.gpu_memory_gb
+    if cfg.placement.mode == "separate":
+        return 0.85
+    trial = _trial(cfg, engine, micro, 0.5)
+    estimates, _pools = _memory(trial, spec, _with_batches(roles, micro, 1, micro * world, world, []), world,
+                                reference, critic, dtype)
+    by_role = {m.role: m for m in estimates}
+    train = [by_role[r] for r in ("actor", "ref", "critic") if r in by_role]
+    states = sum(m.weights_gib + m.grads_gib + m.optimizer_gib for m in train)
+    if not ro.enable_sleep:
+        # An awake engine keeps its reservation through training: leave room for the training peak too.
+        states += max((m.activations_gib for m in train), default=0.0) + sum(m.other_gib for m in train)
+    else:
+        states += FRAMEWORK_OVERHEAD_GIB
+    frac = math.floor(max(gpu - states, 0.0) / gpu * 20) / 20
+    frac = min(frac, 0.9)
+    tp = ro.tensor_parallel_size or 1
+    shape = _shape(cfg)
+    seq = _seq_len(cfg, spec)
+    per_engine = max(cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt // max(ro.num_engines or 1, 1), 1)
+    need = shape.params * 2 / tp / GIB + 1.0 + kv_cache_bytes_per_token(shape) / tp * seq * min(per_engine, 8) / GIB
+    if frac * gpu < need:
+        return (f"vLLM would get {frac * gpu:.1f} GiB beside {states:.1f} GiB of training states per GPU, less than "
+                f"the {need:.1f} GiB its weight shard and KV cache for {min(per_engine, 8)} sequences need")
+    return frac
 
 
 # Usual remedies for a run that does not fit, each as (override text, change to the typed config).

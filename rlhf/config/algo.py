@@ -17,15 +17,18 @@ from omegaconf import MISSING
 class TrainConfig:
     # Registry key of the algorithm (rlhf/algos/registry.py maps it to a family and an objective).
     name: str = MISSING
-    lr: float = 1e-5
+    # None: the model preset's value for this algorithm, else the planner's rule by model size (rlhf/scale.py).
+    lr: Optional[float] = None
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     max_grad_norm: float = 1.0
-    train_batch_samples: int = 32
-    micro_batch_per_gpu: int = 4
+    # None: chosen by the planner (resolve_plan): the batch from the model preset or rlhf/scale.py, the
+    # micro-batch the largest that divides it and fits the GPU.
+    train_batch_samples: Optional[int] = None
+    micro_batch_per_gpu: Optional[int] = None
     epochs: int = 1
     # Stop after this many optimizer steps (None: run all epochs).
     max_steps: Optional[int] = None
@@ -84,7 +87,8 @@ class RLConfig(TrainConfig):
     name: str = "grpo"
     # Advantage estimator (rlhf/algos/advantages.py): gae, reinforce_pp, reinforce_pp_baseline, rloo, grpo, dr_grpo.
     advantage: str = "grpo"
-    prompts_per_step: int = 8
+    # None: the model preset's rollout samples per step (or rlhf/scale.py's) over samples_per_prompt.
+    prompts_per_step: Optional[int] = None
     samples_per_prompt: int = 4
     # Passes over each rollout batch (PPO epochs).
     update_epochs: int = 1
@@ -108,7 +112,8 @@ class RLConfig(TrainConfig):
     kl_horizon: int = 10000
     entropy_coef: float = 0.0
     # Critic (gae only).
-    critic_lr: float = 5e-6
+    # None: the model preset's value, else rlhf/scale.py's.
+    critic_lr: Optional[float] = None
     value_clip: Optional[float] = 0.2
     # Reward shaping.
     reward_clip: Optional[float] = None

@@ -1,21 +1,27 @@
-"""Schema of the `engine` group: how a training role builds its DeepSpeed engine."""
+"""Schema of the `engine` group: how a training role builds its DeepSpeed engine.
+
+Fields left None are chosen by the planner (rlhf/plan.py) from the memory estimate: the fastest setting that
+fits, in the order ZeRO-2, ZeRO-3, ZeRO-2 + CPU Adam, ZeRO-3 + CPU Adam, ZeRO-3 + CPU Adam + offloaded weights.
+A value given in an option file (engine=zero3), a tuning file or on the command line is kept as given.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 @dataclass
 class EngineConfig:
-    # ZeRO stage 0-3.
-    zero_stage: int = 2
+    # ZeRO stage 0-3 (None: the planner's choice).
+    zero_stage: Optional[int] = None
     # auto: bf16 on GPUs that support it, fp32 on CPU.
     dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    # Keep optimizer states (and the Adam step) on the CPU: DeepSpeed CPU Adam.
-    offload_optimizer: bool = False
-    # ZeRO-3 only: keep parameters on the CPU between uses.
-    offload_params: bool = False
+    # None: on for GPU runs (every OpenRLHF example script passes --gradient_checkpointing), off on CPU.
+    gradient_checkpointing: Optional[bool] = None
+    # Keep optimizer states (and the Adam step) on the CPU: DeepSpeed CPU Adam (None: only when needed to fit).
+    offload_optimizer: Optional[bool] = None
+    # ZeRO-3 only: keep parameters on the CPU between uses (None: only when needed to fit).
+    offload_params: Optional[bool] = None
     # Extra entries merged into the generated DeepSpeed config (expert use).
     deepspeed_overrides: Dict[str, Any] = field(default_factory=dict)

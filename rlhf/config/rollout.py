@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -17,10 +18,11 @@ class RolloutConfig:
     ignore_eos: bool = False
     # HF backend: prompts generated at once.
     generate_batch: int = 64
-    # vLLM backend.
-    num_engines: int = 1
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.5
+    # vLLM backend; None: chosen by the planner (engines cover the rollout GPUs, the smallest tensor-parallel
+    # size whose weights leave room for KV cache, the memory fraction the training states leave free).
+    num_engines: Optional[int] = None
+    tensor_parallel_size: Optional[int] = None
+    gpu_memory_utilization: Optional[float] = None
     # Free the engine's weights and KV cache while training runs on the same GPUs.
     enable_sleep: bool = True
     # 1 keeps a host copy of the weights while asleep; 2 drops them (each update replaces them anyway).

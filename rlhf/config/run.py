@@ -16,7 +16,7 @@ from rlhf.config.data import DataConfig
 from rlhf.config.engine import EngineConfig
 from rlhf.config.evaluation import EvalConfig, GenerateConfig
 from rlhf.config.hw import HwConfig
-from rlhf.config.model import ModelConfig
+from rlhf.config.model import ModelConfig, RoleModelConfig
 from rlhf.config.placement import PlacementConfig
 from rlhf.config.reward import RewardConfig
 from rlhf.config.rollout import RolloutConfig
@@ -35,6 +35,11 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # A critic (PPO) or reference model other than the actor's: `critic.name_or_path=llama3_8b` (a conf/model
+    # preset), a local folder or a hub id; None loads the actor's model. algo.ref_name_or_path (DPO, KTO) is
+    # the same setting for offline algorithms.
+    critic: RoleModelConfig = field(default_factory=RoleModelConfig)
+    ref: RoleModelConfig = field(default_factory=RoleModelConfig)
     # Name of the conf/tuning/ file applied (set by that file itself; None when none matched).
     tuning: Optional[str] = None
     # train: run the job; plan: print the resolved plan and exit.

@@ -19,6 +19,12 @@ def resolve_path(name_or_path: str) -> str:
         from rlhf.models.tiny import tiny_model_dir
 
         return str(tiny_model_dir(name_or_path[len(TINY_PREFIX):]))
+    from rlhf.models.arch import missing_path_message
+
+    # A local path that does not exist is a typo or a wrong directory, not an offline hub.
+    missing = missing_path_message(name_or_path, "name_or_path")
+    if missing:
+        raise FileNotFoundError(missing)
     return name_or_path
 
 

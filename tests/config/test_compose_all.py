@@ -6,6 +6,7 @@ fails `test_every_conf_file_is_reached` until it is added to GROUPS (and so to t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from rlhf.algos.registry import ALGORITHMS
 from rlhf.config import SCHEMAS, RunConfig
 from rlhf.config.preflight import CONF_DIR
-from rlhf.plan import Plan, PlanError, resolve_plan
+from rlhf.plan import Plan, PlanError, _scale_defaults, resolve_plan
 from tests.config.helpers import GROUPS, UNTYPED_GROUPS, algo_data, compose, options, schema_name, typed
 
 
@@ -144,19 +145,21 @@ def test_every_algo_plans_on_every_machine_with_a_divisible_batch(option):
 
 
 @pytest.mark.parametrize("option", options("algo"))
-def test_every_algo_default_batch_plans_or_fails_only_on_divisibility(option):
-    """The presets' 16-sample batches fit 1 and 4 ranks; on 8 ranks only the divisibility check may refuse."""
+def test_every_algo_default_batch_plans_by_lowering_the_micro_batch(option):
+    """The tiny preset's 16-sample batch plans on 1, 4 and 8 ranks: its micro-batch (4 or 8) is the largest the
+    planner tries, and it takes the largest that divides 16 over the ranks (16 / 8 ranks: 2 per GPU)."""
     base = typed(f"algo={option}")
-    micro, tbs = base.algo.micro_batch_per_gpu, base.algo.train_batch_samples
+    assert base.algo.micro_batch_per_gpu is None and base.algo.train_batch_samples is None
+    _key, preset = _scale_defaults(base)
+    assert preset.train_batch_samples == 16 and preset.micro_batch_per_gpu in (4, 8)
     for hw_option, ranks in PLAN_HW.items():
-        run = _on(base, hw_option)
-        if tbs % (micro * ranks) == 0:
-            plan = resolve_plan(run)
-            assert plan.grad_accum == tbs // (micro * ranks)
-            continue
-        with pytest.raises(PlanError) as info:
-            resolve_plan(run)
-        assert info.value.problems and all("is not divisible by algo.micro_batch_per_gpu" in p for p in info.value.problems)
+        run = _on(copy.deepcopy(base), hw_option)
+        plan = resolve_plan(run)
+        expected = max(m for m in range(1, preset.micro_batch_per_gpu + 1) if 16 % (m * ranks) == 0)
+        assert (plan.train_batch_samples, plan.micro_batch_per_gpu) == (16, expected)
+        assert plan.grad_accum == 16 // (expected * ranks)
+        # The planner filled the config it was given, so the workers see the same numbers.
+        assert (run.algo.micro_batch_per_gpu, run.algo.train_batch_samples) == (expected, 16)
 
 
 @pytest.mark.parametrize("option", ["sft", "pretrain", "rm", "dpo", "ipo", "cdpo", "kto"])

@@ -162,7 +162,8 @@ CLI_CASES = {
     "batch": ["algo=grpo", "algo.train_batch_samples=10", "algo.micro_batch_per_gpu=4", "algo.samples_per_prompt=1",
               "mode=plan"],
     "too_big": ["algo=sft", "model=llama3_70b", "hw=rtx4090x4", "mode=plan"],
-    "plan_ok": ["model=llama3_8b", "hw=a100x8", "algo=dpo", "algo.train_batch_samples=64", "mode=plan"],
+    "plan_ok": ["model=llama3_8b", "hw=a100x8", "algo=dpo", "algo.train_batch_samples=64", "algo.micro_batch_per_gpu=4",
+                "mode=plan"],
     "cfg_job": ["algo=dpo", "--cfg", "job"],
 }
 
@@ -202,7 +203,7 @@ def test_cli_wrong_type(cli):
 
 def test_cli_unknown_option(cli):
     err = _refused(cli["unknown_option"])
-    assert "Did you mean 'model=llama3_8b'?" in err and "valid options: llama3_70b" in err
+    assert "Did you mean 'model=llama3_8b'?" in err and "valid options: codellama_34b, llama3_70b" in err
 
 
 def test_cli_plan_errors_are_reported_together(cli):

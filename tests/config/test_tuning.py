@@ -184,8 +184,15 @@ def test_tuning_can_be_switched_off():
 
 
 def test_defaults_without_tuning_equal_the_group_defaults():
-    """engine/placement/rollout default to no option: their schema defaults must equal zero2, colocated, hf."""
+    """engine/placement/rollout default to no option: their schema defaults must equal zero2, colocated, hf.
+
+    The engine's fields default to unset (the planner chooses them); on CPU it chooses what engine=zero2 says.
+    """
     base = typed()
-    assert base.engine == typed("engine=zero2").engine
+    assert (base.engine.zero_stage, base.engine.offload_optimizer, base.engine.gradient_checkpointing) == (None,) * 3
+    zero2 = typed("engine=zero2")
     assert base.placement == typed("placement=colocated").placement
     assert base.rollout == typed("rollout=hf").rollout
+    resolve_plan(base)
+    resolve_plan(zero2)
+    assert base.engine == zero2.engine and base.engine.zero_stage == 2
