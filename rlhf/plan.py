@@ -99,8 +99,6 @@ class Plan:
     seed_formula: str = ""
     # What the planner chose for the values left unset, and why ("engine: zero3 (zero2 needs 93 GiB of 79)").
     chosen: tuple[str, ...] = field(default_factory=tuple)
-    # The run config with every unset value filled by the planner (the object resolve_plan was given).
-    config: Optional[RunConfig] = field(default=None, compare=False, repr=False)
 
     def role(self, name: str) -> Optional[RolePlan]:
         return next((r for r in self.roles if r.role == name), None)
@@ -110,8 +108,7 @@ class Plan:
         return self.seed + (r.seed_offset if r is not None else 0) + rank
 
     def to_dict(self) -> dict:
-        d = asdict(replace(self, config=None))
-        d.pop("config")
+        d = asdict(self)
         d["memory"] = [dict(asdict(m), total_gib=m.total_gib) for m in self.memory]
         return d
 
@@ -323,7 +320,6 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         seed=cfg.seed,
         seed_formula=SEED_FORMULA,
         chosen=tuple(chosen),
-        config=cfg,
     )
 
 
