@@ -43,7 +43,7 @@ def rewrite_argv(argv: List[str]) -> List[str]:
         grouped.setdefault(parent, {}).setdefault(name, []).append((path, value))
     # Insert each dict override where its first field was, so relative order with other overrides holds.
     for parent in sorted(grouped, key=lambda p: first_at[p], reverse=True):
-        out.insert(first_at[parent], f"+{parent}=" + _dict_value(grouped[parent], multirun))
+        out.insert(first_at[parent], f"+{parent}=" + _dict_value(parent, grouped[parent], multirun))
     return out
 
 
@@ -60,7 +60,7 @@ def _entry_override(arg: str):
     return None
 
 
-def _dict_value(entries: Dict[str, List[Tuple[List[str], str]]], multirun: bool) -> str:
+def _dict_value(parent: str, entries: Dict[str, List[Tuple[List[str], str]]], multirun: bool) -> str:
     """`{name: {field: value}}`, or for sweeps `{...},{...}` (one dict per combination of swept values)."""
     slots = [(name, path, _choices(value) if multirun else [value]) for name, fields in entries.items()
              for path, value in fields]
@@ -69,7 +69,8 @@ def _dict_value(entries: Dict[str, List[Tuple[List[str], str]]], multirun: bool)
     for combo in combos:
         tree: Dict = {}
         for (name, path, _), value in zip(slots, combo):
-            node = tree.setdefault(name, {})
+            # `added` marks a source of the command line, which data.train keeps (rlhf/data/sources.py).
+            node = tree.setdefault(name, {"added": "true"} if parent == "data.sources" else {})
             for part in path[:-1]:
                 node = node.setdefault(part, {})
             node[path[-1]] = value

@@ -50,13 +50,16 @@ class SourceConfig:
     # GSM8K answer after '####'). Listed columns are required.
     fields: List[str] = field(default_factory=list)
     max_samples: Optional[int] = None
+    # Set for sources added on the command line (`+data.sources.<name>.path=...`): data.train keeps them.
+    added: bool = False
 
 
 @dataclass
 class DataConfig:
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     # One data set without writing a source: a path as in SourceConfig.path. It replaces the preset's sources
-    # (or, when the preset is one named-format source such as data=hh_rlhf, only that source's path).
+    # (or, when the preset is one named-format source such as data=hh_rlhf, only that source's path); sources
+    # added on the command line stay.
     train: Optional[str] = None
     # Held-out rows for data.train (a path); without it data.eval_fraction of the training rows are held out.
     eval: Optional[str] = None

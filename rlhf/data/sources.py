@@ -27,26 +27,31 @@ def resolve_data(data: DataConfig) -> DataConfig:
     """
     if data.train is None and data.eval is None and data.format is None:
         return data
+    preset = {n: s for n, s in data.sources.items() if not s.added}
+    added = {n: s for n, s in data.sources.items() if s.added}
     sources: Dict[str, SourceConfig] = dict(data.sources)
     if data.train is not None:
-        only = next(iter(sources.values())) if len(sources) == 1 else None
+        only = next(iter(preset.values())) if len(preset) == 1 else None
         if only is not None and only.format is not None:
-            name = next(iter(sources))
-            sources = {name: dataclasses.replace(only, path=str(data.train), max_samples=None)}
+            name = next(iter(preset))
+            sources = {name: dataclasses.replace(only, path=str(data.train), max_samples=None), **added}
         else:
-            sources = {TRAIN_SOURCE: SourceConfig(path=str(data.train))}
+            sources = {TRAIN_SOURCE: SourceConfig(path=str(data.train)), **added}
+        preset = {n: sources[n] for n in sources if n not in added}
     elif data.eval is not None and len(sources) != 1:
         raise DataError("data.eval names the held-out rows of data.train, but data.train is not set and the "
                         f"preset has {len(sources)} sources", key="data.eval",
                         hint="set data.train=<path> too, or data.sources.<name>.eval_path=<path> for one source")
+    # data.format and data.eval describe data.train (or the preset's one source).
+    target = preset if data.train is not None else sources
     if data.format is not None:
         get_format(data.format)
-        if len(sources) != 1:
+        if len(target) != 1:
             raise DataError(f"data.format={data.format} names the format of data.train, but there are "
-                            f"{len(sources)} sources", key="data.format",
+                            f"{len(target)} sources", key="data.format",
                             hint="set data.sources.<name>.format=<format> for each source instead")
-    if len(sources) == 1:
-        name, src = next(iter(sources.items()))
+    if len(target) == 1:
+        name, src = next(iter(target.items()))
         changes = {}
         if data.format is not None:
             changes["format"] = data.format

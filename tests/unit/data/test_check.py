@@ -123,11 +123,13 @@ def test_format_named_for_the_wrong_algorithm(files):
 def test_rewrite_groups_entry_fields_into_one_dict_override():
     argv = ["algo=grpo", "+data.sources.mine.path=./m.jsonl", "+data.sources.mine.weight=0.3", "seed=1",
             "+reward.sources.len.path=r.py:length", "+reward.sources.len.kwargs.scale=2", "-v"]
-    assert rewrite_argv(argv) == ["algo=grpo", "+data.sources={mine: {path: './m.jsonl', weight: 0.3}}", "seed=1",
+    assert rewrite_argv(argv) == ["algo=grpo", "+data.sources={mine: {added: true, path: './m.jsonl', weight: 0.3}}",
+                                  "seed=1",
                                   "+reward.sources={len: {path: 'r.py:length', kwargs: {scale: 2}}}"]
     # A multirun sweep over a field lists one dict per value.
     assert rewrite_argv(["-m", "+data.sources.m.path=a.jsonl", "+data.sources.m.weight=0.3,0.5"]) == [
-        "-m", "+data.sources={m: {path: 'a.jsonl', weight: 0.3}},{m: {path: 'a.jsonl', weight: 0.5}}"]
+        "-m", "+data.sources={m: {added: true, path: 'a.jsonl', weight: 0.3}},"
+              "{m: {added: true, path: 'a.jsonl', weight: 0.5}}"]
 
 
 def test_sources_and_rewards_added_on_the_command_line(files, tmp_path):
@@ -139,6 +141,10 @@ def test_sources_and_rewards_added_on_the_command_line(files, tmp_path):
     assert cfg.reward.sources["short"].path == f"{reward}:short" and cfg.reward.sources["short"].weight == 0.5
     report = check_run_data(cfg)
     assert [s.format for s in report.sources] == ["custom", "gsm8k"]
+    # data.train replaces the preset's sources, not those added on the command line.
+    both = typed("algo=dpo", f"data.train={files['hh']}", f"+data.sources.uf.path={files['uf']}")
+    assert {n: s.format for n, s in resolve_data(both.data).sources.items()} == {"train": None, "uf": None}
+    assert [s.format for s in check_run_data(both).sources] == ["hh_rlhf", "ultrafeedback"]
 
 
 def test_cli_plan_mode_prints_the_data_report_and_multirun_adds_sources(files, tmp_path):
