@@ -208,7 +208,17 @@ class RewardFunction:
                 f"reward function '{self.name}' called with {len(prompts)} prompts and {len(responses)} responses"
             )
         selected = self.select_fields(fields or {}, len(prompts))
-        values = self.fn(list(prompts), list(responses), **selected)
+        try:
+            values = self.fn(list(prompts), list(responses), **selected)
+        except RewardError:
+            raise
+        except Exception as exc:
+            # The run's traceback ends deep in the loop; the user needs the function and the batch at fault.
+            raise RewardError(
+                f"reward function '{self.name}' raised {type(exc).__name__}: {exc} (scoring {len(prompts)} "
+                f"responses, fields {sorted(selected)}; first response {str(responses[0])[:80]!r}). Fix the "
+                "function, or run it on these rows by hand to see where it fails"
+            ) from exc
         return to_reward_tensor(values, self.name, prompts)
 
     def __repr__(self) -> str:

@@ -258,3 +258,14 @@ def test_error_factory_returns_non_callable(tmp_path):
     path.write_text("def make(value):\n    return value\n")
     with pytest.raises(RewardLoadError, match=r"factory .*:make' returned a non-callable \(type float\)"):
         load_reward_function(f"{path}:make", value=1.0)
+
+
+def test_a_reward_function_that_raises_is_named_with_its_batch(tmp_path):
+    from rlhf.rewards.loader import RewardError, load_reward_function
+
+    script = tmp_path / "my_reward.py"
+    script.write_text("def score(prompts, responses, **kw):\n    return [1.0 / len(r) for r in responses]\n")
+    fn = load_reward_function(f"{script}:score")
+    assert fn(["q", "q"], ["ab", "abcd"]).tolist() == [0.5, 0.25]
+    with pytest.raises(RewardError, match=r"reward function '.*score' raised ZeroDivisionError: .*2 responses.*''"):
+        fn(["q", "q"], ["", "x"])
