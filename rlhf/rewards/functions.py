@@ -10,6 +10,7 @@ only the fields it needs; `rlhf.rewards.loader.RewardFunction` passes exactly th
 Shipped:
 - `math_exact_match`: 1.0 when the response's final answer equals the reference number (GSM8K / MATH style).
 - `numeric_format`: dense reward, the fraction of non-space characters that are digits.
+- `number_format`: 1.0 when the response is one number and nothing else (`7.`), the default task's format.
 - `regex_format(pattern)`: factory; 1.0 when the response fully matches a regex.
 - `think_answer_format`: `regex_format` for `<think>...</think><answer>...</answer>` (DeepSeek-R1 style).
 
@@ -26,6 +27,7 @@ __all__ = [
     "THINK_ANSWER_PATTERN",
     "extract_answer",
     "math_exact_match",
+    "number_format",
     "numeric_format",
     "parse_number",
     "regex_format",
@@ -249,6 +251,13 @@ def regex_format(pattern: str, *, flags: int = re.DOTALL, strip: bool = True) ->
     regex_format_reward.__name__ = regex_format_reward.__qualname__ = "regex_format"
     return regex_format_reward
 
+
+# One number and nothing else ("7", "7.", "-3.5"): the default tiny task's answer format.
+NUMBER_PATTERN = r"[-+]?\d+(?:\.\d+)?\.?"
+
+number_format = regex_format(NUMBER_PATTERN)
+number_format.__name__ = number_format.__qualname__ = "number_format"
+number_format.__doc__ = "1.0 where the response is one number (a trailing period allowed), e.g. `7.`, else 0.0."
 
 # `<think>` then `<answer>`, each closed once, with no nested or repeated tags (DeepSeek-R1, arXiv:2501.12948).
 THINK_ANSWER_PATTERN = r"<think>(?:(?!</?think>).)*</think>\s*<answer>(?:(?!</?answer>).)*</answer>"
