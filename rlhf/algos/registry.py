@@ -1,45 +1,68 @@
-"""The one table from `algo=<name>` to what runs: family (controller), data task and the roles it needs.
+"""The one table from ``algo=<name>`` to what runs: one row per algorithm.
 
-Greppable on purpose: adding an algorithm means a YAML file in conf/algo, a row here and, if it brings new
-math, a pure function in rlhf/algos.
+A row says which schema its config file uses (``/schema/algo/<schema>``, rlhf/config/run.py), the controller
+family that runs it (``CONTROLLERS``), the data task, the objective the training worker runs
+(rlhf/training/objectives.py ``OBJECTIVES``; on-policy algorithms train the policy loss), the roles it needs,
+and the metric a sweep optimizes with its direction. Greppable on purpose: a new loss such as ORPO or SimPO is
+its objective, its conf/algo/<name>.yaml and a row here (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Controller family -> "module:function" of its loop (imported lazily: `mode=plan` never imports Ray).
+CONTROLLERS = {
+    "offline": "rlhf.controllers.offline:run_offline",
+    "onpolicy": "rlhf.controllers.onpolicy:run_onpolicy",
+}
+
 
 @dataclass(frozen=True)
 class AlgoSpec:
     name: str
+    # Schema of its config node (a key of rlhf.config.run.SCHEMAS["algo"]).
+    schema: str
     # Controller family: offline (SFT-like and pairwise, data from files) or onpolicy (RL with rollouts).
     family: str
-    # Objective run by the training worker (rlhf/training/objectives.py).
+    # Objective run by the training worker (rlhf/training/objectives.py); "policy" for on-policy RL.
     objective: str
     # Data task (rlhf/data/datasets.py): sft, pretrain, pair, unpaired, prompt, prm.
     task: str
+    # What a sweep optimizes: the metric of the run's result and whether higher is better.
+    metric: str
+    higher_is_better: bool
     # A frozen reference model is needed (RL: only when kl_coef > 0, decided by the planner).
     reference: bool = False
     # The trained model is a sequence classifier (reward model) rather than a causal LM.
     sequence_classifier: bool = False
 
+    @property
+    def controller(self) -> str:
+        return CONTROLLERS[self.family]
+
+
+def _rl(name: str) -> AlgoSpec:
+    # On-policy algorithms differ only in their config (advantage estimator, KL, loss aggregation).
+    return AlgoSpec(name, "rl", "onpolicy", "policy", "prompt", "eval/reward_mean", True)
+
 
 ALGORITHMS: dict[str, AlgoSpec] = {
     spec.name: spec
     for spec in [
-        AlgoSpec("sft", "offline", "sft", "sft"),
-        AlgoSpec("pretrain", "offline", "sft", "pretrain"),
-        AlgoSpec("rm", "offline", "reward_model", "pair", sequence_classifier=True),
-        AlgoSpec("dpo", "offline", "dpo", "pair", reference=True),
-        AlgoSpec("ipo", "offline", "dpo", "pair", reference=True),
-        AlgoSpec("cdpo", "offline", "dpo", "pair", reference=True),
-        AlgoSpec("kto", "offline", "kto", "unpaired", reference=True),
-        AlgoSpec("ppo", "onpolicy", "policy", "prompt"),
-        AlgoSpec("reinforce_pp", "onpolicy", "policy", "prompt"),
-        AlgoSpec("reinforce_pp_baseline", "onpolicy", "policy", "prompt"),
-        AlgoSpec("rloo", "onpolicy", "policy", "prompt"),
-        AlgoSpec("grpo", "onpolicy", "policy", "prompt"),
-        AlgoSpec("dr_grpo", "onpolicy", "policy", "prompt"),
+        AlgoSpec("sft", "sft", "offline", "sft", "sft", "eval/loss", False),
+        AlgoSpec("pretrain", "sft", "offline", "sft", "pretrain", "eval/loss", False),
+        AlgoSpec("rm", "rm", "offline", "reward_model", "pair", "eval/accuracy", True, sequence_classifier=True),
+        AlgoSpec("dpo", "dpo", "offline", "dpo", "pair", "eval/reward_accuracy", True, reference=True),
+        AlgoSpec("ipo", "dpo", "offline", "dpo", "pair", "eval/reward_accuracy", True, reference=True),
+        AlgoSpec("cdpo", "dpo", "offline", "dpo", "pair", "eval/reward_accuracy", True, reference=True),
+        AlgoSpec("kto", "kto", "offline", "kto", "unpaired", "eval/loss", False, reference=True),
+        _rl("ppo"),
+        _rl("reinforce_pp"),
+        _rl("reinforce_pp_baseline"),
+        _rl("rloo"),
+        _rl("grpo"),
+        _rl("dr_grpo"),
     ]
 }
 

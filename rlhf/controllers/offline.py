@@ -8,18 +8,12 @@ from pathlib import Path
 from rlhf.plan import Plan
 from rlhf.types import RunResult
 
-# What a sweep optimizes per objective: (metric, higher is better).
-OBJECTIVE_METRIC = {
-    "sft": ("eval/loss", False),
-    "reward_model": ("eval/accuracy", True),
-    "dpo": ("eval/reward_accuracy", True),
-    "kto": ("eval/loss", False),
-}
-
 
 def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = True) -> RunResult:
     from tqdm import tqdm
 
+    from rlhf.controllers.checkpoints import resume_checkpoint, save_checkpoint
+    from rlhf.training.metrics import combine_rank_metrics as _sum
     from rlhf.workers.cluster import ensure_ray
     from rlhf.workers.group import ActorGroup, make_placement_group
     from rlhf.workers.trainer import TrainerSpec, TrainerWorker
@@ -43,15 +37,30 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
         print(f"data: {info['train_data']}")
         if info["eval_data"]:
             print(f"eval: {info['eval_data']}")
-        total, start = info["total_steps"], info["start_step"]
+        total = info["total_steps"]
+        roles = {"actor": group}
+        state = resume_checkpoint(roles, output_dir, algo=cfg.algo.name, model=cfg.model.name_or_path) \
+            if cfg.resume else None
+        start = int(state["step"]) if state else 0
         if start:
             print(f"resuming at step {start}/{total}")
         first: dict = {}
         last: dict = {}
         a = cfg.algo
+        from rlhf.controllers.budget import WallClock
+
+        clock = WallClock(a.max_time, started=t0)
+        print(f"run: {total} optimizer steps of {plan.train_batch_samples} samples ({info['train_samples']} training "
+              "samples)" + (f"; time limit {clock.limit:.0f}s (algo.max_time={a.max_time})" if clock.limit else ""))
         bar = tqdm(range(start, total), desc=a.name, disable=not progress, dynamic_ncols=True)
+        done = start
         for step in bar:
+            if step > start and clock.out_of_time():
+                print(clock.stop_message(done, total))
+                break
+            tic = time.time()
             stats = _sum(group.run("train_step", step))
+            clock.record(time.time() - tic)
             tracker.log_metrics(stats, step + 1)
             first = first or stats
             last = stats
@@ -61,9 +70,18 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
             if a.eval_every and done % a.eval_every == 0 and done < total:
                 tracker.log_metrics(_sum(group.run("evaluate")), done)
             if a.save_every and done % a.save_every == 0 and done < total:
-                group.run("save_state", done)
+                save_checkpoint(roles, output_dir, done, algo=a.name, model=cfg.model.name_or_path,
+                                state={"total_steps": total}, keep=a.keep_checkpoints)
+        planned = total
+        if done < planned:
+            if not (a.save_every and done % a.save_every == 0):
+                save_checkpoint(roles, output_dir, done, algo=a.name, model=cfg.model.name_or_path,
+                                state={"total_steps": planned}, keep=a.keep_checkpoints)
+            tracker.set_tags({"stopped_early": f"algo.max_time after step {done} of {planned}"})
+        total = done
         evals = _sum(group.run("evaluate"))
         tracker.log_metrics(evals, total)
+        evals["run/planned_steps"] = float(planned)
         final_dir = output_dir / "final"
         run_info = {"algo": a.name, "steps": total, "model": cfg.model.name_or_path, "mlflow_run_id": tracker.run_id,
                     "mlflow_tracking_uri": tracker.uri}
@@ -71,21 +89,11 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
         group.run("close")
     finally:
         group.shutdown()
-    metric, _ = OBJECTIVE_METRIC[plan.objective]
+    from rlhf.algos.registry import get_algo
+
+    metric = get_algo(a.name).metric
     value = evals.get(metric, last.get(metric.replace("eval/", "train/")))
     return RunResult(
         algo=a.name, steps=total, model_dir=model_dir, first=first, last=last, eval=evals,
         wall_s=time.time() - t0, objective=(metric, value) if value is not None else None,
     )
-
-
-def _sum(per_rank: list[dict]) -> dict:
-    """Metrics are per-rank shares of step means (see rlhf/training/objectives.py): add them up."""
-    out: dict[str, float] = {}
-    for d in per_rank:
-        for k, v in d.items():
-            if k.startswith("timing/") or k in ("train/lr", "train/grad_norm"):
-                out[k] = max(out.get(k, v), v)
-            else:
-                out[k] = out.get(k, 0.0) + v
-    return out

@@ -79,7 +79,20 @@ def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str, min_lr_ratio
 
 
 class TrainEngine:
-    """A trained model wrapped by DeepSpeed: forward, backward, step, state save/load, HF export."""
+    """A trained model wrapped by DeepSpeed: forward, backward, step, state save/load, HF export.
+
+    Built from the role's plan (``TrainEngine.for_role``): its micro-batch, accumulation and data-parallel
+    ranks are that role's own (a critic on 4 GPUs next to an actor on 8 accumulates twice as much)."""
+
+    @classmethod
+    def for_role(cls, model, role, *, train: TrainConfig, engine: EngineConfig, dtype: str, total_steps: int,
+                 lr: Optional[float] = None) -> TrainEngine:
+        """The engine of a trained role; ``role`` is its ``rlhf.plan.RolePlan``."""
+        if not role.grad_accum:
+            raise ValueError(f"role {role.role} has no training batch in the plan (grad_accum=0): it is frozen")
+        return cls(model, train=train, engine=engine, micro_batch=role.micro_batch_per_gpu,
+                   grad_accum=role.grad_accum, world_size=role.dp_ranks, dtype=dtype, total_steps=total_steps,
+                   lr=lr)
 
     def __init__(
         self,
@@ -137,6 +150,13 @@ class TrainEngine:
         )
         self.grad_accum = grad_accum
         self.world_size = world_size
+        self.micro_batch = micro_batch
+
+    @property
+    def loss_scale(self) -> float:
+        """What a globally normalized loss is multiplied by before ``backward``: DeepSpeed divides by the
+        accumulation steps and averages over ranks; undoing both keeps the gradient that of the global loss."""
+        return float(self.grad_accum * self.world_size)
 
     @property
     def module(self):

@@ -1,39 +1,39 @@
-"""The critic role of PPO: per-token values and the clipped value-loss update."""
+"""The critic role of PPO: per-token values and the clipped value-loss update, on the critic's own ranks
+(its batch arithmetic is ``plan.role("critic")``'s, not the actor's)."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 
-from rlhf.workers.policy import TrainedRole
+from rlhf.types import MiniBatch, RolloutBatch
+from rlhf.workers.trained import TrainedRole
 
 
 class CriticWorker(TrainedRole):
+    role = "critic"
     ckpt_name = "critic"
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         from transformers import AutoModelForTokenClassification
 
-        from rlhf.engines.deepspeed import TrainEngine
         from rlhf.models.loading import _common_kwargs, resolve_path
 
         t0 = time.time()
         s, plan = self.spec, self.plan
         self.init_dist(master_addr, master_port, plan.device)
-        self.seed_everything(s.seed + 7919 + self.rank)
-        # A one-label token classifier on the policy's backbone: a value for every position.
+        self.seed_everything(plan.rank_seed(self.role, self.rank))
+        # A one-label token classifier on the policy's backbone (or the plan's critic model): a value for every
+        # position.
         kw = _common_kwargs(s.model, plan.dtype, plan.device)
         kw.pop("quantization_config", None)
-        model = AutoModelForTokenClassification.from_pretrained(resolve_path(s.model.name_or_path), num_labels=1, **kw)
+        path = resolve_path(self.role_plan.name_or_path or s.model.name_or_path)
+        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kw)
         model.config.use_cache = False
-        self.engine = TrainEngine(
-            model, train=s.algo, engine=s.engine, micro_batch=plan.micro_batch_per_gpu,
-            grad_accum=plan.grad_accum, world_size=plan.world_size, dtype=plan.dtype,
-            total_steps=s.total_updates, lr=s.algo.critic_lr,
-        )
+        self.engine = self._engine(model, lr=s.algo.critic_lr)
         return {"setup_s": time.time() - t0}
 
-    def values(self, batch: dict):
+    def values(self, batch: RolloutBatch):
         import torch
 
         from rlhf.training.sequences import response_values
@@ -42,31 +42,33 @@ class CriticWorker(TrainedRole):
         outs = []
         with torch.no_grad():
             for mb in self._micro(batch):
-                mb = self._device_batch(mb)
-                outs.append(response_values(self.engine, mb["sequences"], mb["attention_mask"], mb["prompt_len"]).cpu())
+                outs.append(response_values(self.engine, mb.sequences, mb.attention_mask, mb.prompt_len).cpu())
         self.engine.train()
         return torch.cat(outs)
 
-    def train(self, minibatches: list[dict]) -> dict:
+    def train(self, minibatches: list[MiniBatch]) -> dict:
+        """One optimizer step per minibatch (this rank's shard); metrics are this rank's shares of the means."""
         from rlhf.algos.value_loss import value_loss
         from rlhf.training.sequences import response_values
 
         a = self.spec.algo
-        scale = self.plan.grad_accum * self.plan.world_size
+        scale = self.engine.loss_scale
         sums: dict[str, float] = defaultdict(float)
+        info: dict = {}
         t0 = time.time()
         for mini in minibatches:
-            norm = dict(num_tokens=mini["num_tokens"], num_seqs=mini["num_seqs"], max_len=mini["max_len"])
+            norm = mini.norm.kwargs()
             for mb in self._micro(mini):
-                mb = self._device_batch(mb)
-                v = response_values(self.engine, mb["sequences"], mb["attention_mask"], mb["prompt_len"])
-                loss, stats = value_loss(v, mb["old_values"], mb["returns"], mb["action_mask"].float(),
-                                         clip=a.value_clip, agg=a.loss_agg, **norm)
+                e = mb.exp
+                v = response_values(self.engine, e.sequences, e.attention_mask, e.prompt_len)
+                loss, _ = value_loss(v, e.old_values, e.returns, e.action_mask.float(), clip=a.value_clip,
+                                     agg=a.loss_agg, **norm)
                 self.engine.backward(loss * scale)
-                self.engine.step()
+                info = self.engine.step() or info
                 sums["train/value_loss"] += float(loss.detach())
         n = max(len(minibatches), 1)
         out = {k: v / n for k, v in sums.items()}
         if self.rank == 0:
+            out.update({f"train/critic_{k}": v for k, v in info.items()})
             out["timing/train_critic_s"] = time.time() - t0
         return out

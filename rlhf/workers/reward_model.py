@@ -16,8 +16,8 @@ class RewardModelWorker(RankWorker):
     def setup(self) -> dict:
         from dataclasses import replace
 
-        from rlhf.engines.deepspeed import build_frozen
         from rlhf.config.engine import EngineConfig
+        from rlhf.engines.deepspeed import build_frozen
         from rlhf.models.loading import load_sequence_classifier, load_tokenizer
 
         t0 = time.time()

@@ -13,8 +13,9 @@ engine over a dedicated process group::
                    broadcast_weights(group, named_tensors, dtype=torch.bfloat16); ray.get(refs)
 
 ``specs`` is ``weight_specs(named_tensors, dtype=torch.bfloat16)`` of the same tensors in the same order.
-``EngineFleet`` does exactly this for the on-policy controller, and splits each rollout batch across the
-engines. ``generations_to_batch`` turns engine outputs into the rollout batch every placement returns.
+``EngineFleet`` does exactly this for the on-policy controller (behind ``rlhf.rollout.registry.FleetRollout``),
+and splits each rollout batch across the engines. ``generations_to_batch`` turns engine outputs into the
+rollout batch every placement returns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlhf.engines.vllm_engine import Generation, WeightSpec
+from rlhf.types import PromptBatch, RolloutBatch
 from rlhf.workers.base import RankWorker
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ def weight_sync_layout(num_engines: int, tensor_parallel_size: int) -> tuple[lis
 
 
 def generations_to_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generations: Sequence[Generation],
-                         max_new_tokens: int, pad_id: int) -> dict:
+                         max_new_tokens: int, pad_id: int) -> RolloutBatch:
     """Engine outputs as the rollout batch of the on-policy loop (the same fields as the HF backend).
 
     prompt_ids, prompt_mask: [N, P] left-padded; ``generations[i]`` answers row i. Returns sequences
@@ -64,19 +66,14 @@ def generations_to_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ge
         response[i, :r] = torch.tensor(g.response_ids, dtype=torch.long)
         logps[i, :r] = torch.tensor(g.logprobs, dtype=torch.float32)
         action_mask[i, :r] = 1
-    return {
-        "sequences": torch.cat([prompt_ids.long(), response], 1),
-        "attention_mask": torch.cat([prompt_mask.long(), action_mask], 1),
-        "action_mask": action_mask,
-        "rollout_logps": logps,
-        "prompt_len": p,
-        "finish_reason": [g.finish_reason for g in generations],
-    }
-
-
-def unpadded_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
-    """The real tokens of each left-padded row of prompt_ids [N, P] (prompt_mask [N, P] marks them)."""
-    return [row[mask.bool()].tolist() for row, mask in zip(prompt_ids, prompt_mask)]
+    return RolloutBatch(
+        sequences=torch.cat([prompt_ids.long(), response], 1),
+        attention_mask=torch.cat([prompt_mask.long(), action_mask], 1),
+        action_mask=action_mask,
+        rollout_logps=logps,
+        finish_reason=[g.finish_reason for g in generations],
+        prompt_len=p,
+    )
 
 
 class RolloutWorker(RankWorker):
@@ -138,7 +135,7 @@ class EngineFleet:
 
     ``engines`` and ``trainer`` are ``ActorGroup``s (rollout workers, policy workers). ``trainer`` must offer
     ``rendezvous``, ``init_weight_sync(addr, port, world_size, backend)``, ``rollout_weight_specs()`` and
-    ``broadcast_weights()`` (``rlhf.workers.policy.PolicyWorker`` does).
+    ``broadcast_weights()`` (``rlhf.workers.policy.PolicyWorker`` does, through ``rlhf.rollout.weights``).
     """
 
     def __init__(self, engines, trainer, tensor_parallel_size: int, backend: str):
@@ -164,18 +161,17 @@ class EngineFleet:
         self.trainer.run("broadcast_weights")
         self.engines.wait(receivers, "receive_weights")
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-                 pad_id: int, **sampling: Any) -> dict:
-        """One response per row of prompt_ids [N, P] (left-padded), rows split in contiguous blocks across
-        the engines; returns ``generations_to_batch``'s batch plus generate_s (the slowest engine)."""
-        prompts = unpadded_prompts(prompt_ids, prompt_mask)
+    def generate(self, prompts: PromptBatch, *, max_new_tokens: int, pad_id: int, **sampling: Any
+                 ) -> tuple[RolloutBatch, dict[str, float]]:
+        """One response per row of ``prompts`` (left-padded), rows split in contiguous blocks across the
+        engines; returns ``generations_to_batch``'s batch and timing/generate_engine_s (the slowest engine)."""
+        rows = prompts.unpadded()
         k = len(self.engines)
-        bounds = [round(i * len(prompts) / k) for i in range(k + 1)]
-        refs = [w.generate_timed.remote(prompts[bounds[i]:bounds[i + 1]], n=1, max_new_tokens=max_new_tokens,
+        bounds = [round(i * len(rows) / k) for i in range(k + 1)]
+        refs = [w.generate_timed.remote(rows[bounds[i]:bounds[i + 1]], n=1, max_new_tokens=max_new_tokens,
                                         **sampling)
                 for i, w in enumerate(self.engines.actors)]
         outs = self.engines.wait(refs, "generate")
         generations = [g for part, _ in outs for g in part]
-        batch = generations_to_batch(prompt_ids, prompt_mask, generations, max_new_tokens, pad_id)
-        batch["generate_s"] = max(seconds for _, seconds in outs)
-        return batch
+        batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, generations, max_new_tokens, pad_id)
+        return batch, {"timing/generate_engine_s": max(seconds for _, seconds in outs)}

@@ -2,17 +2,17 @@
 
 Each rank holds the tokenized data set (small and deterministic, so no data moves through the driver), takes
 its slice of every optimizer step, and runs forward/backward through DeepSpeed. The driver only says which
-step to run and collects metrics.
+step to run, collects metrics, and publishes the step checkpoints the ranks write
+(rlhf/controllers/checkpoints.py).
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from rlhf.config.algo import TrainConfig
 from rlhf.config.data import DataConfig
@@ -20,8 +20,7 @@ from rlhf.config.engine import EngineConfig
 from rlhf.config.model import ModelConfig
 from rlhf.plan import Plan
 from rlhf.workers.base import RankWorker
-
-log = logging.getLogger(__name__)
+from rlhf.workers.trained import StepState
 
 
 @dataclass
@@ -38,7 +37,9 @@ class TrainerSpec:
     resume: bool
 
 
-class TrainerWorker(RankWorker):
+class TrainerWorker(StepState, RankWorker):
+    ckpt_name = "policy"
+
     def __init__(self, rank: int, world_size: int, spec: TrainerSpec):
         super().__init__(rank, world_size)
         self.spec = spec
@@ -51,27 +52,22 @@ class TrainerWorker(RankWorker):
         from rlhf.engines.deepspeed import TrainEngine, build_frozen
         from rlhf.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
         from rlhf.training.objectives import OBJECTIVES
+        from rlhf.training.steps import step_counts
 
         t0 = time.time()
         s, plan = self.spec, self.plan
         self.init_dist(master_addr, master_port, plan.device)
-        self.seed_everything(s.seed)
+        # Every rank seeds alike (offset 0 without its rank): DeepSpeed starts all replicas from rank 0's weights.
+        self.seed_everything(plan.rank_seed("actor", 0))
+        self.role_plan = plan.role("actor")
         self.algo_spec = get_algo(s.algo.name)
         self.objective = OBJECTIVES[self.algo_spec.objective]
         self.tokenizer = load_tokenizer(s.model)
         task = self.algo_spec.task
         self.train_ds = build_dataset(task, s.data, self.tokenizer, "train", seed=s.seed)
         self.eval_ds = build_dataset(task, s.data, self.tokenizer, "eval", seed=s.seed)
-        tbs = plan.train_batch_samples
-        self.steps_per_epoch = len(self.train_ds) // tbs
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the training set has {len(self.train_ds)} samples, fewer than one step of "
-                f"algo.train_batch_samples={tbs}; lower it or add data"
-            )
-        total = self.steps_per_epoch * s.algo.epochs
-        if s.algo.max_steps:
-            total = min(total, s.algo.max_steps)
+        self.steps_per_epoch, total = step_counts(len(self.train_ds), self.role_plan.train_batch_samples, s.algo.epochs,
+                                                  s.algo.max_steps, key="algo.train_batch_samples", what="samples")
         self.total_steps = total
 
         if self.algo_spec.sequence_classifier:
@@ -82,35 +78,22 @@ class TrainerWorker(RankWorker):
             model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.engine = TrainEngine(
-            model,
-            train=s.algo,
-            engine=s.engine,
-            micro_batch=plan.micro_batch_per_gpu,
-            grad_accum=plan.grad_accum,
-            world_size=plan.world_size,
-            dtype=plan.dtype,
-            total_steps=total,
-        )
+        self.engine = TrainEngine.for_role(model, self.role_plan, train=s.algo, engine=s.engine, dtype=plan.dtype,
+                                           total_steps=total)
         self.ref = None
         if plan.reference:
             ref_cfg = s.model
-            ref_path = getattr(s.algo, "ref_name_or_path", None)
+            ref_plan = plan.role("ref")
+            ref_path = (ref_plan.name_or_path if ref_plan else None) or getattr(s.algo, "ref_name_or_path", None)
             if ref_path:
                 from dataclasses import replace
 
                 ref_cfg = replace(s.model, name_or_path=ref_path)
             ref = load_causal_lm(ref_cfg, dtype=plan.dtype, device=plan.device, trainable=False)
-            self.ref = build_frozen(
-                ref, engine=s.engine, world_size=plan.world_size, dtype=plan.dtype,
-                micro_batch=plan.micro_batch_per_gpu,
-            )
-        self.start_step = 0
-        if s.resume:
-            self.start_step = self._maybe_resume()
+            self.ref = build_frozen(ref, engine=s.engine, world_size=self.role_plan.dp_ranks, dtype=plan.dtype,
+                                    micro_batch=self.role_plan.micro_batch_per_gpu)
         return {
             "total_steps": total,
-            "start_step": self.start_step,
             "steps_per_epoch": self.steps_per_epoch,
             "train_samples": len(self.train_ds),
             "eval_samples": len(self.eval_ds),
@@ -124,17 +107,14 @@ class TrainerWorker(RankWorker):
     # ---- batches -------------------------------------------------------------------------------------
     def _step_indices(self, step: int) -> tuple[list[list[int]], list[int]]:
         """This rank's micro-batches of global step `step` (deterministic, so resume needs only the step)."""
-        import torch
+        from rlhf.training.steps import step_items
 
-        plan = self.plan
-        epoch, s = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.spec.seed * 1000003 + epoch)
-        perm = torch.randperm(len(self.train_ds), generator=g).tolist()
-        chunk = perm[s * plan.train_batch_samples:(s + 1) * plan.train_batch_samples]
-        per_rank = plan.micro_batch_per_gpu * plan.grad_accum
+        r = self.role_plan
+        chunk = step_items(len(self.train_ds), r.train_batch_samples, self.steps_per_epoch, self.spec.seed, step)
+        per_rank = r.micro_batch_per_gpu * r.grad_accum
         mine = chunk[self.rank * per_rank:(self.rank + 1) * per_rank]
-        m = plan.micro_batch_per_gpu
-        return [mine[i * m:(i + 1) * m] for i in range(plan.grad_accum)], chunk
+        m = r.micro_batch_per_gpu
+        return [mine[i * m:(i + 1) * m] for i in range(r.grad_accum)], chunk
 
     def _collate(self, ds, idx: list[int]) -> dict:
         from rlhf.training.batches import collate_for_task
@@ -168,7 +148,7 @@ class TrainerWorker(RankWorker):
         self.engine.train()
         micro, chunk = self._step_indices(step)
         counts = self._counts(self.train_ds, chunk)
-        scale = self.plan.grad_accum * self.plan.world_size
+        scale = self.engine.loss_scale
         sums: dict[str, float] = defaultdict(float)
         info: dict[str, float] = {}
         for idx in micro:
@@ -176,8 +156,6 @@ class TrainerWorker(RankWorker):
             loss, metrics = self.objective(
                 self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo, micro_batches=scale
             )
-            # DeepSpeed divides by the accumulation steps and averages over ranks; undo both so the
-            # gradient is that of the globally normalized loss.
             self.engine.backward(loss * scale)
             info = self.engine.step() or info
             for k, v in metrics.items():
@@ -200,7 +178,7 @@ class TrainerWorker(RankWorker):
         idx = list(range(n))
         counts = StepCounts(tokens=float(sum(self._loss_tokens(i) for i in idx)), samples=float(n))
         mine = idx[self.rank::self.world_size]
-        m = self.plan.micro_batch_per_gpu
+        m = self.role_plan.micro_batch_per_gpu
         sums: dict[str, float] = defaultdict(float)
         with torch.no_grad():
             for i in range(0, len(mine), m):
@@ -215,43 +193,6 @@ class TrainerWorker(RankWorker):
         from rlhf.training.batches import loss_tokens
 
         return loss_tokens(self.eval_ds[i])
-
-    # ---- checkpoints ---------------------------------------------------------------------------------
-    def _ckpt_root(self) -> Path:
-        return Path(self.spec.output_dir) / "checkpoints"
-
-    def save_state(self, step: int, extra: Optional[dict[str, Any]] = None) -> str:
-        import torch.distributed as dist
-
-        from rlhf.engines import checkpoint as ck
-
-        root = self._ckpt_root()
-        final = root / ck.step_dir_name(step)
-        tmp = ck.temp_sibling(final)
-        if self.rank == 0:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        dist.barrier()
-        self.engine.save_state(tmp)
-        dist.barrier()
-        if self.rank == 0:
-            state = {"step": step, "total_steps": self.total_steps, "algo": self.spec.algo.name, **(extra or {})}
-            ck.publish_step(tmp, final, state, self.spec.algo.keep_checkpoints)
-        dist.barrier()
-        return str(final)
-
-    def _maybe_resume(self) -> int:
-        from rlhf.engines import checkpoint as ck
-
-        latest = ck.latest_checkpoint(self._ckpt_root())
-        if latest is None:
-            return 0
-        self.engine.load_state(latest)
-        state = ck.read_state(latest)
-        log.warning("resumed from %s (step %d)", latest, state["step"])
-        return int(state["step"])
 
     def save_model(self, final_dir: str, run_info: dict) -> Optional[str]:
         path = self.engine.save_hf(Path(final_dir), self.tokenizer, extra_files={"rlhf_run.json": run_info})

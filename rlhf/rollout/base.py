@@ -1,0 +1,57 @@
+"""The two interfaces of rollout: ``Rollout`` (driver side, what the loop calls) and ``Generator`` (worker side,
+what a policy rank holds when it generates itself). Timings come back beside the batch, never inside it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from rlhf.types import PromptBatch, RolloutBatch
+
+Timings = dict[str, float]
+
+
+class Rollout(Protocol):
+    """Responses for prompts, and the policy's weights pushed into whatever generates them."""
+
+    # Engines with their own forward (vLLM): the run ends with a greedy consistency check against the trainer.
+    checks_consistency: bool
+
+    def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
+        """One response per row of `prompts` (rows already repeated samples_per_prompt times). Timings:
+        timing/generate_engine_s (the slowest engine) and, where engines sleep, timing/sleep_wake_s."""
+        ...
+
+    def sync_weights(self) -> Timings:
+        """Load the policy's current weights into the engines; {} when they read the trained module itself."""
+        ...
+
+    def sleep(self) -> None:
+        """Free the engines' memory for training (no-op where they do not sleep)."""
+        ...
+
+    def wake_up(self) -> None:
+        ...
+
+    def shutdown(self) -> None:
+        """Stop what the rollout started beyond the run's role groups (which close with the run)."""
+        ...
+
+
+class Generator(Protocol):
+    """A policy rank's own generation backend (see rlhf/rollout/registry.py)."""
+
+    def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool) -> tuple[RolloutBatch, Timings]:
+        ...
+
+    def load_weights(self) -> Timings:
+        """Take the trained module's current weights; {} when it generates from the module directly."""
+        ...
+
+    def sleep(self) -> None:
+        ...
+
+    def wake_up(self) -> None:
+        ...
+
+    def close(self) -> None:
+        ...

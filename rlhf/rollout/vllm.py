@@ -1,0 +1,97 @@
+"""vLLM engines in the policy's process (``placement=colocated``): one engine per rank on the rank's GPU,
+asleep while the trainers run, refreshed from the trained module after every update. The separate-engine
+path (its own GPUs, weights by broadcast) is ``rlhf.workers.rollout``; both start engines with
+``engine_options``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from rlhf.config.rollout import RolloutConfig
+from rlhf.rollout.base import Timings
+from rlhf.types import PromptBatch, RolloutBatch
+
+# The plan's precision names as vLLM spells them.
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def engine_options(plan, rollout: RolloutConfig, *, seed: int, tensor_parallel_size: int,
+                   enable_sleep: bool) -> dict[str, Any]:
+    """``VLLMEngine`` keyword arguments for this run's engines (the model path is passed apart)."""
+    return {"dtype": VLLM_DTYPES[plan.dtype], "gpu_memory_utilization": rollout.gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size, "enable_sleep": enable_sleep,
+            "enforce_eager": rollout.enforce_eager, "seed": seed, "max_model_len": plan.seq_len or None,
+            "device": plan.device}
+
+
+class ColocatedVLLM:
+    """A policy rank's in-process engine, started from the checkpoint the trainer started from.
+
+    ``weights`` yields (HF name, tensor) of the trained module's current weights (rlhf/rollout/weights.py)."""
+
+    def __init__(self, model_path: str, options: dict[str, Any], rollout: RolloutConfig, *, eos_ids: set[int],
+                 pad_id: int, sleep_level: int, weights, lora_4bit: bool = False):
+        from rlhf.engines.vllm_engine import VLLMEngine
+
+        if options["tensor_parallel_size"] != 1:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={options['tensor_parallel_size']} with placement=colocated: each "
+                "policy rank hosts one engine on its own GPU (tensor_parallel_size=1); use placement=separate "
+                "for sharded engines"
+            )
+        if lora_4bit:
+            raise ValueError(
+                "rollout.backend=vllm with model.lora.load_in_4bit=true: the engine needs merged 16-bit weights, "
+                "which a 4-bit base cannot give back exactly; use rollout=hf or model.lora.load_in_4bit=false"
+            )
+        self.ro, self.eos_ids, self.pad_id, self.sleep_level = rollout, eos_ids, pad_id, sleep_level
+        self.weights = weights
+        t0 = time.time()
+        self.engine: Optional[Any] = VLLMEngine(model_path, **options)
+        self.start_s = time.time() - t0
+
+    def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool) -> tuple[RolloutBatch, Timings]:
+        from rlhf.workers.rollout import generations_to_batch
+
+        ro, engine = self.ro, self.engine
+        assert engine is not None, "generate after close"
+        t0 = time.time()
+        if engine.weights_discarded:  # slept at level 2 with no update since (e.g. eval before a step)
+            self.load_weights()
+        engine.wake_up()
+        t1 = time.time()
+        gens = engine.generate(
+            prompts.unpadded(), n=1, temperature=0.0 if greedy else ro.temperature, top_p=ro.top_p,
+            top_k=ro.top_k, max_new_tokens=ro.max_new_tokens, ignore_eos=ro.ignore_eos,
+            stop_token_ids=None if ro.ignore_eos else sorted(self.eos_ids),
+        )
+        t2 = time.time()
+        if ro.enable_sleep:
+            # Free the engine's memory before the log-prob passes and training.
+            engine.sleep(self.sleep_level)
+        batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, gens, ro.max_new_tokens,
+                                     self.pad_id)
+        return batch, {"timing/generate_engine_s": t2 - t1, "timing/sleep_wake_s": (t1 - t0) + (time.time() - t2)}
+
+    def load_weights(self) -> Timings:
+        """Load the current weights into the engine, waking its weights first. Every policy rank calls it
+        (ZeRO-3 gathers are collective)."""
+        assert self.engine is not None, "load_weights after close"
+        t0 = time.time()
+        self.engine.wake_up(["weights"])
+        self.engine.update_weights(self.weights())
+        return {"timing/weight_sync_s": time.time() - t0}
+
+    def sleep(self) -> None:
+        if self.engine is not None and self.ro.enable_sleep:
+            self.engine.sleep(self.sleep_level)
+
+    def wake_up(self) -> None:
+        if self.engine is not None:
+            self.engine.wake_up()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None

@@ -1,0 +1,122 @@
+"""The trained module's weights as vLLM loads them: Hugging Face names, one decoder layer at a time.
+
+Gathered layer by layer under ZeRO-3, and with LoRA merged on the fly (W + scale * B @ A; the trained
+parameters are left untouched). ``WeightSender`` is trainer rank 0's end of the broadcast to separate engines.
+"""
+
+from __future__ import annotations
+
+
+class WeightSender:
+    """Policy rank 0's side of the weight-sync group with separate engines (rlhf/workers/rollout.py)."""
+
+    def __init__(self, module, *, zero3: bool, dtype: str):
+        self.module, self.zero3, self.dtype = module, zero3, dtype
+        self.group = None
+
+    def specs(self) -> list:
+        """(HF name, wire dtype, full shape) of every tensor ``broadcast`` sends, in order."""
+        from rlhf.models.loading import torch_dtype
+
+        wire = str(torch_dtype(self.dtype)).removeprefix("torch.")
+        return [(name, wire, tuple(getattr(p, "ds_shape", p.shape))) for name, p, _ in rollout_params(self.module)]
+
+    def connect(self, rank: int, master_addr: str, port: int, world_size: int, backend: str) -> None:
+        from rlhf.engines.vllm_engine import WeightSyncGroup
+
+        if rank != 0:
+            raise RuntimeError(f"init_weight_sync on policy rank {rank}: only rank 0 sends weights")
+        self.group = WeightSyncGroup(master_addr, port, 0, world_size, backend)
+
+    def broadcast(self, rank: int) -> int:
+        """Rank 0 broadcasts the current weights (returns the bytes sent); other ranks only join the ZeRO-3
+        gathers (every rank must call this)."""
+        from rlhf.engines.vllm_engine import broadcast_weights
+        from rlhf.models.loading import torch_dtype
+
+        weights = rollout_weights(self.module, self.zero3)
+        if rank != 0:
+            for _ in weights:  # drive the generator: its ZeRO-3 gathers need every rank
+                pass
+            return 0
+        if self.group is None:
+            raise RuntimeError("broadcast_weights before init_weight_sync: the driver must connect the engines")
+        return broadcast_weights(self.group, weights, dtype=torch_dtype(self.dtype))
+
+    def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+
+
+def rollout_params(module) -> list:
+    """(HF name, parameter, LoRA layer or None) of each weight vLLM loads, in a fixed order.
+
+    Plain models: ``named_parameters()`` (tied weights once). PEFT models: the base model's parameters,
+    ``...q_proj.base_layer.weight`` renamed ``...q_proj.weight`` and paired with its LoRA layer (merged when
+    sent); the adapters themselves are not sent.
+    """
+    if not hasattr(module, "peft_config"):
+        return [(name, p, None) for name, p in module.named_parameters()]
+    from peft.tuners.lora import LoraLayer
+
+    base = module.get_base_model()
+    lora = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out = []
+    for name, p in base.named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".base_layer.")
+        if owner and owner in lora:
+            out.append((f"{owner}.{leaf}", p, lora[owner] if leaf == "weight" else None))
+        else:
+            out.append((name, p, None))
+    return out
+
+
+def _layer_key(name: str) -> str:
+    """The decoder layer a parameter belongs to ("model.layers.3" for "model.layers.3.mlp.up_proj.weight");
+    parameters outside numbered layers are their own group."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
+
+
+def _merged(param, layer):
+    """W + sum of the active adapters' deltas (scale * B @ A) for a LoRA layer's base weight."""
+    weight = param.detach()
+    if layer is None:
+        return weight
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+    return weight
+
+
+def rollout_weights(module, zero3: bool):
+    """Yield (HF name, tensor) for vLLM, one decoder layer at a time.
+
+    Under ZeRO-3 each layer's parameters (adapters included) are gathered for the duration of that layer and
+    the yielded tensors are copies: vLLM may hold a layer's tensors until the layer is complete, and the
+    gathered storage is released on leaving the context. Every rank must run this generator to the end.
+    """
+    import itertools
+
+    entries = rollout_params(module)
+    if not zero3:
+        for name, p, layer in entries:
+            yield name, _merged(p, layer)
+        return
+    import deepspeed
+
+    for _, group in itertools.groupby(entries, key=lambda e: _layer_key(e[0])):
+        group = list(group)
+        params = [p for _, p, _ in group]
+        for _, _, layer in group:
+            if layer is not None:
+                params.extend(q for n, q in layer.named_parameters() if "lora_" in n)
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for name, p, layer in group:
+                yield name, _merged(p, layer).clone()
