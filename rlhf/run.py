@@ -70,6 +70,9 @@ def execute(dcfg: DictConfig, progress: bool = True):
     from rlhf.tracking.mlflow_tracker import git_commit, make_tracker
 
     cfg = OmegaConf.to_object(dcfg)
+    from rlhf.quiet import set_verbose
+
+    set_verbose(True if cfg.verbose else None)  # None: as main() (or RLHF_VERBOSE) left it; quiet by default
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # data.train/eval/format -> data.sources
     plan = resolve_plan(cfg)
     # Every data problem of the command, before Ray or any model starts (DataCheckError lists them all).
@@ -81,6 +84,11 @@ def execute(dcfg: DictConfig, progress: bool = True):
     out = _output_dir(cfg)
     # Held until the run ends (released below; the kernel drops it if the process dies).
     claim = claim_run_dir(out, resume=cfg.resume)
+    try:
+        _check_resume(cfg, dcfg, out)
+    except Exception:
+        claim.release()
+        raise
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg))
     (out / "plan.json").write_text(plan.to_json())
     sweep = sweep_parent()
@@ -120,6 +128,22 @@ def execute(dcfg: DictConfig, progress: bool = True):
         claim.release()
     _summary(cfg, plan, result, tracker, out)
     return result
+
+
+def _check_resume(cfg, dcfg: DictConfig, out: Path) -> None:
+    """Refuse a resuming command that changes what the checkpoint fixed; report what it changes and applies."""
+    import json
+
+    from rlhf.engines.checkpoint import STATE_FILE, latest_checkpoint
+    from rlhf.launch.resume_check import check_resume
+
+    ckpt = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    if ckpt is None:
+        return
+    step = int(json.loads((ckpt / STATE_FILE).read_text()).get("step", 0))
+    applied = check_resume(out, OmegaConf.to_container(dcfg, resolve=True), step)
+    for key, (old, new) in applied.items():
+        print(f"resume: {key} {old!r} -> {new!r} from step {step}")
 
 
 def _isolated(plan, out: Path):
@@ -172,10 +196,19 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
         if a is not None and b is not None:
             lines.append(f"   {k:<28} {a:10.4f} -> {b:10.4f}")
     evals = dict(result.eval)
-    start, end = evals.pop("eval/start_reward_mean", None), evals.get("eval/reward_mean")
-    if start is not None and end is not None:
-        lines.append(f"   {'held-out reward':<28} {start:10.4f} -> {end:10.4f}   (start -> end of training)")
-        evals.pop("eval/reward_mean")
+    planned = evals.pop("run/planned_steps", None)
+    if planned is not None and planned > result.steps:
+        lines.append(f"   stopped early by algo.max_time after {result.steps} of {planned:.0f} steps (saved, evaluated)")
+    # The task's verifiable accuracy first, then the reward: start -> end of training on the held-out prompts.
+    for key, label in (("accuracy", "held-out accuracy"), ("reward_mean", "held-out reward"),
+                       ("pass_at_", "held-out pass@"), ("maj_at_", "held-out maj@")):
+        for k in sorted(k for k in list(evals) if k.startswith("eval/" + key)):
+            suffix = k[len("eval/" + key):] if key.endswith("_") else ""
+            start, end = evals.pop(k.replace("eval/", "eval/start_"), None), evals.pop(k)
+            if start is not None:
+                lines.append(f"   {label + suffix:<28} {start:10.4f} -> {end:10.4f}   (start -> end of training)")
+            else:
+                lines.append(f"   {label + suffix:<28} {end:10.4f}")
     for k, v in sorted((k, v) for k, v in evals.items() if not k.startswith("eval/start_"))[:6]:
         lines.append(f"   {k:<28} {v:10.4f}")
     lines.append(f"   model      {result.model_dir}")
@@ -191,6 +224,7 @@ def hydra_main(dcfg: DictConfig) -> Optional[float]:
     from rlhf.launch.ray_cluster import submitit_ray_cluster
     from rlhf.data.check import DataCheckError
     from rlhf.data.errors import DataError
+    from rlhf.launch.resume_check import ResumeMismatchError
     from rlhf.launch.run_dir import RunDirError
     from rlhf.plan import PlanError
 
@@ -200,7 +234,7 @@ def hydra_main(dcfg: DictConfig) -> Optional[float]:
             if role == "worker":
                 return None
             result = execute(dcfg)
-    except (PlanError, RunDirError) as e:
+    except (PlanError, RunDirError, ResumeMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except (DataCheckError, DataError) as e:
@@ -224,6 +258,7 @@ def main() -> None:
 
     from rlhf.config.cli import rewrite_argv
     from rlhf.config.preflight import preflight
+    from rlhf.quiet import set_verbose
 
     # `kill -USR1 <pid>` prints the driver's stacks (workers do the same): the first look at a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -232,6 +267,10 @@ def main() -> None:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
 
+    # `-v` (or verbose=true) shows third-party warnings; quiet otherwise, here and in every Ray worker.
+    verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
+    sys.argv[1:] = [a for a in sys.argv[1:] if a not in ("-v", "--verbose")]
+    set_verbose(verbose or any(a.lower() in ("verbose=true", "verbose=1") for a in sys.argv[1:]))
     # `+data.sources.<name>.<field>=v` (and reward.sources) grouped into one dict override Hydra can merge.
     sys.argv[1:] = rewrite_argv(sys.argv[1:])
     problem = preflight(sys.argv[1:])
