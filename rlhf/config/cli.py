@@ -95,7 +95,9 @@ def _scalar(value: str) -> str:
 
 def _choices(value: str) -> List[str]:
     """The values of a multirun comma list (commas inside brackets or quotes do not split)."""
-    parts, depth, quote, current = [], 0, "", []
+    parts: List[str] = []
+    current: List[str] = []
+    depth, quote = 0, ""
     for ch in value:
         if quote:
             quote = "" if ch == quote else quote

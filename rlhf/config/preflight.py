@@ -225,7 +225,7 @@ def _schema_fields(schema: str) -> list[str]:
             return [f.name for f in dataclasses.fields(cls)]
         # Nested schemas: LoraConfig in ModelConfig, SourceConfig in Dict[str, SourceConfig], ...
         for hint in typing.get_type_hints(cls).values():
-            todo.extend(t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t))
+            todo.extend(t for t in (hint, *typing.get_args(hint)) if isinstance(t, type) and dataclasses.is_dataclass(t))
     return []
 
 

@@ -7,7 +7,7 @@ Each group option in `conf/<group>/<option>.yaml` starts its defaults list with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
 
@@ -58,7 +58,7 @@ class RunConfig:
 
 
 # group -> {schema name: dataclass}; the names are what option files put in their defaults list.
-SCHEMAS = {
+SCHEMAS: Dict[str, Dict[str, type]] = {
     "algo": {
         "sft": SFTConfig,
         "rm": RewardModelConfig,
