@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from rlhf.engines.dist import free_port
-from rlhf.engines.vllm_engine import WeightSyncGroup, broadcast_weights, weight_specs
+from rlhf.engines.vllm_engine import WeightSyncGroup, weight_specs
 from rlhf.models.tiny import tiny_model_dir
 from rlhf.workers.rollout import weight_sync_layout
 
