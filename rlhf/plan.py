@@ -796,12 +796,11 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
     """
     from rlhf.models.arch import ArchError, looks_like_path, presets
 
-    if m.name_or_path.startswith("tiny:"):
+    if m.name_or_path.startswith("tiny:") or any(getattr(m, k) is None for k in _ARCH_REQUIRED):
         return
     keys = _ARCH_REQUIRED + tuple(_ARCH_DEFAULTS)
     same = {name: v for name, v in presets().items()
-            if all(v.get(k) is None or getattr(m, k) is None or v.get(k) == getattr(m, k) for k in _ARCH_REQUIRED)
-            and any(v.get(k) is not None for k in _ARCH_REQUIRED)}
+            if all(v.get(k) == getattr(m, k) for k in _ARCH_REQUIRED)}
     if not same or any(v.get("name_or_path") == m.name_or_path for v in same.values()):
         return
     name, values = next(iter(same.items()))
@@ -1057,7 +1056,7 @@ def _engine_name(v: dict) -> str:
         name += " + CPU Adam"
     if v["offload_params"]:
         name += " + offloaded weights"
-    return name + ("" if v["gradient_checkpointing"] else " (no checkpointing)")
+    return name + ("" if v["gradient_checkpointing"] else " without checkpointing")
 
 
 def _trial(cfg: RunConfig, engine: dict, micro: int, util: Optional[float]) -> RunConfig:

@@ -16,6 +16,7 @@ cache lookup): imports without torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -180,8 +181,9 @@ def preset_values(name: str) -> dict:
     return merged
 
 
+@functools.lru_cache(maxsize=1)
 def presets() -> dict[str, dict]:
-    """name -> values of every conf/model preset."""
+    """name -> values of every conf/model preset (read once per process; do not modify)."""
     return {path.stem: preset_values(path.stem) for path in sorted(CONF_MODEL_DIR.glob("*.yaml"))}
 
 
