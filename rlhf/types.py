@@ -49,14 +49,14 @@ class _Rows:
             raise ValueError(f"cannot split {n} rows of a {type(self).__name__} into {parts} equal shards")
         size = n // parts
         rows = self._row_values()
-        return [replace(self, **{k: v[i * size:(i + 1) * size] for k, v in rows.items()}) for i in range(parts)]
+        return [replace(self, **{k: v[i * size : (i + 1) * size] for k, v in rows.items()}) for i in range(parts)]
 
     def chunks(self: R, size: int) -> list[R]:
         """Consecutive shards of `size` rows (the last one shorter when `size` does not divide N)."""
         n = len(self)
         size = max(min(size, n), 1)
         rows = self._row_values()
-        return [replace(self, **{k: v[i:i + size] for k, v in rows.items()}) for i in range(0, n, size)]
+        return [replace(self, **{k: v[i : i + size] for k, v in rows.items()}) for i in range(0, n, size)]
 
     @classmethod
     def cat(cls: type[R], shards: list[R]) -> R:
@@ -82,8 +82,14 @@ class _Rows:
         """The same batch with every tensor on `device`."""
         import torch
 
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)  # type: ignore[arg-type]
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)  # type: ignore[arg-type]
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
     def __getitem__(self, key: str):
         # Read access by field name, as for the dicts these containers replaced.
@@ -108,8 +114,8 @@ class PromptBatch(_Rows):
         input_ids = torch.full((len(ids), p), pad_id, dtype=torch.long)
         attn = torch.zeros((len(ids), p), dtype=torch.long)
         for i, x in enumerate(ids):
-            input_ids[i, p - len(x):] = torch.tensor(x, dtype=torch.long)
-            attn[i, p - len(x):] = 1
+            input_ids[i, p - len(x) :] = torch.tensor(x, dtype=torch.long)
+            attn[i, p - len(x) :] = 1
         return cls(input_ids, attn)
 
     def unpadded(self) -> list[list[int]]:
@@ -135,8 +141,7 @@ class RolloutBatch(_Rows):
     rollout_logps: torch.Tensor
     finish_reason: list[str]
     prompt_len: int
-    ROWS: ClassVar[tuple[str, ...]] = ("sequences", "attention_mask", "action_mask", "rollout_logps",
-                                       "finish_reason")
+    ROWS: ClassVar[tuple[str, ...]] = ("sequences", "attention_mask", "action_mask", "rollout_logps", "finish_reason")
 
     @property
     def response_width(self) -> int:
@@ -151,8 +156,13 @@ class RolloutBatch(_Rows):
         """The response width cut to the longest real response (less work in every later pass)."""
         r = int(self.action_mask.sum(-1).max().item()) or 1
         p = self.prompt_len
-        return replace(self, sequences=self.sequences[:, :p + r], attention_mask=self.attention_mask[:, :p + r],
-                       action_mask=self.action_mask[:, :r], rollout_logps=self.rollout_logps[:, :r])
+        return replace(
+            self,
+            sequences=self.sequences[:, : p + r],
+            attention_mask=self.attention_mask[:, : p + r],
+            action_mask=self.action_mask[:, :r],
+            rollout_logps=self.rollout_logps[:, :r],
+        )
 
 
 @dataclass
@@ -177,8 +187,16 @@ class Experience(_Rows):
     kl_coef: float = 0.0
     ref_logps: Optional[torch.Tensor] = None
     old_values: Optional[torch.Tensor] = None
-    ROWS: ClassVar[tuple[str, ...]] = ("sequences", "attention_mask", "action_mask", "old_logps", "advantages",
-                                       "returns", "ref_logps", "old_values")
+    ROWS: ClassVar[tuple[str, ...]] = (
+        "sequences",
+        "attention_mask",
+        "action_mask",
+        "old_logps",
+        "advantages",
+        "returns",
+        "ref_logps",
+        "old_values",
+    )
 
 
 @dataclass

@@ -31,17 +31,25 @@ class HFGenerator:
         seqs, masks, logps = [], [], []
         t0 = time.time()
         for i in range(0, len(ids), ro.generate_batch):
-            x = ids[i:i + ro.generate_batch].to(self.engine.device)
-            a = am[i:i + ro.generate_batch].to(self.engine.device)
+            x = ids[i : i + ro.generate_batch].to(self.engine.device)
+            a = am[i : i + ro.generate_batch].to(self.engine.device)
             with torch.no_grad():
                 out = module.generate(
-                    input_ids=x, attention_mask=a, do_sample=ro.temperature > 0 and not greedy,
-                    temperature=max(ro.temperature, 1e-5), top_p=ro.top_p, top_k=ro.top_k if ro.top_k > 0 else 0,
-                    max_new_tokens=ro.max_new_tokens, min_new_tokens=ro.max_new_tokens if ro.ignore_eos else 0,
-                    pad_token_id=pad, eos_token_id=sorted(self.eos_ids), use_cache=True,
-                    return_dict_in_generate=True, output_logits=True,
+                    input_ids=x,
+                    attention_mask=a,
+                    do_sample=ro.temperature > 0 and not greedy,
+                    temperature=max(ro.temperature, 1e-5),
+                    top_p=ro.top_p,
+                    top_k=ro.top_k if ro.top_k > 0 else 0,
+                    max_new_tokens=ro.max_new_tokens,
+                    min_new_tokens=ro.max_new_tokens if ro.ignore_eos else 0,
+                    pad_token_id=pad,
+                    eos_token_id=sorted(self.eos_ids),
+                    use_cache=True,
+                    return_dict_in_generate=True,
+                    output_logits=True,
                 )
-            resp = out.sequences[:, x.shape[1]:]
+            resp = out.sequences[:, x.shape[1] :]
             logits = torch.stack(out.logits, dim=1).float()
             temperature = 1.0 if greedy else max(ro.temperature, 1e-5)
             lp = torch.log_softmax(logits / temperature, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
@@ -59,11 +67,17 @@ class HFGenerator:
         sequences = torch.cat(seqs)
         p = ids.shape[1]
         # "length" when the response filled max_new_tokens without an EOS (as vLLM reports it).
-        ended = [bool(set(row[m.bool()].tolist()) & self.eos_ids) and not ro.ignore_eos
-                 for row, m in zip(sequences[:, p:], action_mask)]
+        ended = [
+            bool(set(row[m.bool()].tolist()) & self.eos_ids) and not ro.ignore_eos
+            for row, m in zip(sequences[:, p:], action_mask)
+        ]
         batch = RolloutBatch(
-            sequences=sequences, attention_mask=torch.cat([am, action_mask], 1), action_mask=action_mask,
-            rollout_logps=torch.cat(logps), finish_reason=["stop" if e else "length" for e in ended], prompt_len=p,
+            sequences=sequences,
+            attention_mask=torch.cat([am, action_mask], 1),
+            action_mask=action_mask,
+            rollout_logps=torch.cat(logps),
+            finish_reason=["stop" if e else "length" for e in ended],
+            prompt_len=p,
         )
         return batch, {"timing/generate_engine_s": time.time() - t0}
 

@@ -29,8 +29,9 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "hf": Backend("rlhf.rollout.registry:hf_generator"),
-    "vllm": Backend("rlhf.rollout.registry:colocated_vllm", separate="rlhf.workers.rollout:RolloutWorker",
-                    own_weights=True),
+    "vllm": Backend(
+        "rlhf.rollout.registry:colocated_vllm", separate="rlhf.workers.rollout:RolloutWorker", own_weights=True
+    ),
 }
 
 
@@ -38,8 +39,9 @@ def backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise ValueError(f"rollout.backend={name!r} is not one of {sorted(BACKENDS)}; pick rollout=<name> "
-                         "(conf/rollout/<name>.yaml)") from None
+        raise ValueError(
+            f"rollout.backend={name!r} is not one of {sorted(BACKENDS)}; pick rollout=<name> (conf/rollout/<name>.yaml)"
+        ) from None
 
 
 def uses_separate_engines(rollout_cfg, placement_mode: str) -> bool:
@@ -67,8 +69,13 @@ def separate_worker_class(rollout_cfg):
 def hf_generator(worker):
     from rlhf.rollout.hf import HFGenerator
 
-    return HFGenerator(worker.engine, worker.spec.rollout, eos_ids=worker.eos_ids,
-                       pad_id=worker.tokenizer.pad_token_id, rank=worker.rank)
+    return HFGenerator(
+        worker.engine,
+        worker.spec.rollout,
+        eos_ids=worker.eos_ids,
+        pad_id=worker.tokenizer.pad_token_id,
+        rank=worker.rank,
+    )
 
 
 def colocated_vllm(worker):
@@ -77,13 +84,24 @@ def colocated_vllm(worker):
     from rlhf.rollout.weights import rollout_weights
 
     s, plan = worker.spec, worker.plan
-    options = engine_options(plan, s.rollout, seed=plan.rank_seed("rollout", worker.rank),
-                             tensor_parallel_size=s.rollout.tensor_parallel_size, enable_sleep=s.rollout.enable_sleep)
+    options = engine_options(
+        plan,
+        s.rollout,
+        seed=plan.rank_seed("rollout", worker.rank),
+        tensor_parallel_size=s.rollout.tensor_parallel_size,
+        enable_sleep=s.rollout.enable_sleep,
+    )
     zero3 = s.engine.zero_stage == 3
-    return ColocatedVLLM(resolve_path(s.model.name_or_path), options, s.rollout, eos_ids=worker.eos_ids,
-                         pad_id=worker.tokenizer.pad_token_id, sleep_level=s.rollout.sleep_level,
-                         weights=lambda: rollout_weights(worker.engine.module, zero3),
-                         lora_4bit=s.model.lora.load_in_4bit)
+    return ColocatedVLLM(
+        resolve_path(s.model.name_or_path),
+        options,
+        s.rollout,
+        eos_ids=worker.eos_ids,
+        pad_id=worker.tokenizer.pad_token_id,
+        sleep_level=s.rollout.sleep_level,
+        weights=lambda: rollout_weights(worker.engine.module, zero3),
+        lora_4bit=s.model.lora.load_in_4bit,
+    )
 
 
 # ---- driver-side rollouts -----------------------------------------------------------------------------
@@ -128,8 +146,13 @@ class FleetRollout:
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
         ro = self.ro
         return self.fleet.generate(
-            prompts, max_new_tokens=ro.max_new_tokens, pad_id=self.pad_id, temperature=0.0 if greedy else ro.temperature,
-            top_p=ro.top_p, top_k=ro.top_k, ignore_eos=ro.ignore_eos,
+            prompts,
+            max_new_tokens=ro.max_new_tokens,
+            pad_id=self.pad_id,
+            temperature=0.0 if greedy else ro.temperature,
+            top_p=ro.top_p,
+            top_k=ro.top_k,
+            ignore_eos=ro.ignore_eos,
             stop_token_ids=None if ro.ignore_eos else self.stop_token_ids,
         )
 

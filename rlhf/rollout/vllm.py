@@ -16,13 +16,20 @@ from rlhf.types import PromptBatch, RolloutBatch
 VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def engine_options(plan, rollout: RolloutConfig, *, seed: int, tensor_parallel_size: int,
-                   enable_sleep: bool) -> dict[str, Any]:
+def engine_options(
+    plan, rollout: RolloutConfig, *, seed: int, tensor_parallel_size: int, enable_sleep: bool
+) -> dict[str, Any]:
     """``VLLMEngine`` keyword arguments for this run's engines (the model path is passed apart)."""
-    return {"dtype": VLLM_DTYPES[plan.dtype], "gpu_memory_utilization": rollout.gpu_memory_utilization,
-            "tensor_parallel_size": tensor_parallel_size, "enable_sleep": enable_sleep,
-            "enforce_eager": rollout.enforce_eager, "seed": seed, "max_model_len": plan.seq_len or None,
-            "device": plan.device}
+    return {
+        "dtype": VLLM_DTYPES[plan.dtype],
+        "gpu_memory_utilization": rollout.gpu_memory_utilization,
+        "tensor_parallel_size": tensor_parallel_size,
+        "enable_sleep": enable_sleep,
+        "enforce_eager": rollout.enforce_eager,
+        "seed": seed,
+        "max_model_len": plan.seq_len or None,
+        "device": plan.device,
+    }
 
 
 class ColocatedVLLM:
@@ -30,8 +37,18 @@ class ColocatedVLLM:
 
     ``weights`` yields (HF name, tensor) of the trained module's current weights (rlhf/rollout/weights.py)."""
 
-    def __init__(self, model_path: str, options: dict[str, Any], rollout: RolloutConfig, *, eos_ids: set[int],
-                 pad_id: int, sleep_level: int, weights, lora_4bit: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        options: dict[str, Any],
+        rollout: RolloutConfig,
+        *,
+        eos_ids: set[int],
+        pad_id: int,
+        sleep_level: int,
+        weights,
+        lora_4bit: bool = False,
+    ):
         from rlhf.engines.vllm_engine import VLLMEngine
 
         if options["tensor_parallel_size"] != 1:
@@ -62,16 +79,20 @@ class ColocatedVLLM:
         engine.wake_up()
         t1 = time.time()
         gens = engine.generate(
-            prompts.unpadded(), n=1, temperature=0.0 if greedy else ro.temperature, top_p=ro.top_p,
-            top_k=ro.top_k, max_new_tokens=ro.max_new_tokens, ignore_eos=ro.ignore_eos,
+            prompts.unpadded(),
+            n=1,
+            temperature=0.0 if greedy else ro.temperature,
+            top_p=ro.top_p,
+            top_k=ro.top_k,
+            max_new_tokens=ro.max_new_tokens,
+            ignore_eos=ro.ignore_eos,
             stop_token_ids=None if ro.ignore_eos else sorted(self.eos_ids),
         )
         t2 = time.time()
         if ro.enable_sleep:
             # Free the engine's memory before the log-prob passes and training.
             engine.sleep(self.sleep_level)
-        batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, gens, ro.max_new_tokens,
-                                     self.pad_id)
+        batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, gens, ro.max_new_tokens, self.pad_id)
         return batch, {"timing/generate_engine_s": t2 - t1, "timing/sleep_wake_s": (t1 - t0) + (time.time() - t2)}
 
     def load_weights(self) -> Timings:

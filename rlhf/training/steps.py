@@ -6,16 +6,18 @@ from __future__ import annotations
 from typing import Optional
 
 
-def step_counts(num_items: int, per_step: int, epochs: int, max_steps: Optional[int], *, key: str,
-                what: str) -> tuple[int, int]:
+def step_counts(
+    num_items: int, per_step: int, epochs: int, max_steps: Optional[int], *, key: str, what: str
+) -> tuple[int, int]:
     """(steps per epoch, total steps): whole steps of `per_step` items per epoch, capped by max_steps.
 
     `key` is the config key of `per_step` and `what` names the items, for the error when one step needs more
     items than the data set has."""
     per_epoch = num_items // per_step if per_step > 0 else 0
     if per_epoch == 0:
-        raise ValueError(f"the training set has {num_items} {what}, fewer than one step of {key}={per_step}; "
-                         f"lower {key} or add data")
+        raise ValueError(
+            f"the training set has {num_items} {what}, fewer than one step of {key}={per_step}; lower {key} or add data"
+        )
     total = per_epoch * epochs
     if max_steps:
         total = min(total, max_steps)
@@ -33,4 +35,4 @@ def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
 def step_items(num_items: int, per_step: int, steps_per_epoch: int, seed: int, step: int) -> list[int]:
     """The indices of the items of global step `step`."""
     epoch, s = divmod(step, steps_per_epoch)
-    return epoch_order(num_items, seed, epoch)[s * per_step:(s + 1) * per_step]
+    return epoch_order(num_items, seed, epoch)[s * per_step : (s + 1) * per_step]

@@ -61,8 +61,9 @@ class CriticWorker(TrainedRole):
             for mb in self._micro(mini):
                 e = mb.exp
                 v = response_values(self.engine, e.sequences, e.attention_mask, e.prompt_len)
-                loss, _ = value_loss(v, e.old_values, e.returns, e.action_mask.float(), clip=a.value_clip,
-                                     agg=a.loss_agg, **norm)
+                loss, _ = value_loss(
+                    v, e.old_values, e.returns, e.action_mask.float(), clip=a.value_clip, agg=a.loss_agg, **norm
+                )
                 self.engine.backward(loss * scale)
                 info = self.engine.step() or info
                 sums["train/value_loss"] += float(loss.detach())

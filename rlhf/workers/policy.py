@@ -90,8 +90,9 @@ class PolicyWorker(TrainedRole):
         outs = []
         with torch.no_grad():
             for mb in self._micro(batch):
-                lp, _, _ = response_logps(self.engine, mb.sequences, mb.attention_mask, mb.prompt_len,
-                                          self.spec.rollout.temperature)
+                lp, _, _ = response_logps(
+                    self.engine, mb.sequences, mb.attention_mask, mb.prompt_len, self.spec.rollout.temperature
+                )
                 outs.append(lp.float().cpu())
         self.engine.train()
         return torch.cat(outs)
@@ -108,9 +109,13 @@ class PolicyWorker(TrainedRole):
         with torch.no_grad():
             for mb in self._micro(batch):
                 p = mb.prompt_len
-                out = self.engine(input_ids=mb.sequences, attention_mask=mb.attention_mask,
-                                  position_ids=position_ids(mb.attention_mask), use_cache=False)
-                lp = torch.log_softmax(out.logits[:, p - 1:-1].float(), -1)
+                out = self.engine(
+                    input_ids=mb.sequences,
+                    attention_mask=mb.attention_mask,
+                    position_ids=position_ids(mb.attention_mask),
+                    use_cache=False,
+                )
+                lp = torch.log_softmax(out.logits[:, p - 1 : -1].float(), -1)
                 chosen.append(lp.gather(-1, mb.sequences[:, p:].unsqueeze(-1)).squeeze(-1).cpu())
                 best.append(lp.max(-1).values.cpu())
         self.engine.train()
@@ -133,12 +138,25 @@ class PolicyWorker(TrainedRole):
             norm = mini.norm.kwargs()
             for mb in self._micro(mini):
                 e = mb.exp
-                logp, ent, aux = response_logps(self.engine, e.sequences, e.attention_mask, e.prompt_len,
-                                                self.spec.rollout.temperature, with_entropy=need_ent)
+                logp, ent, aux = response_logps(
+                    self.engine,
+                    e.sequences,
+                    e.attention_mask,
+                    e.prompt_len,
+                    self.spec.rollout.temperature,
+                    with_entropy=need_ent,
+                )
                 mask = e.action_mask.float()
                 loss, stats = ppo_policy_loss(
-                    logp, e.old_logps, e.advantages, mask, clip_low=a.clip_low, clip_high=a.clip_high,
-                    dual_clip=a.dual_clip, agg=a.loss_agg, **norm,
+                    logp,
+                    e.old_logps,
+                    e.advantages,
+                    mask,
+                    clip_low=a.clip_low,
+                    clip_high=a.clip_high,
+                    dual_clip=a.dual_clip,
+                    agg=a.loss_agg,
+                    **norm,
                 )
                 sums["train/policy_loss"] += float(loss.detach())
                 if a.kl_coef > 0 and a.kl_in == "loss":

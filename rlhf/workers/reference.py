@@ -27,8 +27,13 @@ class ReferenceWorker(RankWorker):
         self.init_dist(master_addr, master_port, plan.device)
         cfg = replace(self.spec.model, name_or_path=rp.name_or_path) if rp.name_or_path else self.spec.model
         model = load_causal_lm(cfg, dtype=plan.dtype, device=plan.device, trainable=False)
-        self.model = build_frozen(model, engine=self.spec.engine, world_size=self.world_size, dtype=plan.dtype,
-                                  micro_batch=rp.micro_batch_per_gpu)
+        self.model = build_frozen(
+            model,
+            engine=self.spec.engine,
+            world_size=self.world_size,
+            dtype=plan.dtype,
+            micro_batch=rp.micro_batch_per_gpu,
+        )
         self.device = next(model.parameters()).device if not hasattr(self.model, "device") else self.model.device
         return {"setup_s": time.time() - t0}
 
@@ -41,7 +46,8 @@ class ReferenceWorker(RankWorker):
         with torch.no_grad():
             for mb in batch.chunks(self.role_plan.micro_batch_per_gpu):
                 mb = mb.to(self.device)
-                lp, _, _ = response_logps(self.model, mb.sequences, mb.attention_mask, mb.prompt_len,
-                                          self.spec.rollout.temperature)
+                lp, _, _ = response_logps(
+                    self.model, mb.sequences, mb.attention_mask, mb.prompt_len, self.spec.rollout.temperature
+                )
                 outs.append(lp.float().cpu())
         return torch.cat(outs)

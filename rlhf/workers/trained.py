@@ -44,8 +44,15 @@ class TrainedRole(StepState, RankWorker):
         from rlhf.engines.deepspeed import TrainEngine
 
         s = self.spec
-        return TrainEngine.for_role(model, self.role_plan, train=s.algo, engine=s.engine, dtype=self.plan.dtype,
-                                    total_steps=s.total_updates, lr=lr)
+        return TrainEngine.for_role(
+            model,
+            self.role_plan,
+            train=s.algo,
+            engine=s.engine,
+            dtype=self.plan.dtype,
+            total_steps=s.total_updates,
+            lr=lr,
+        )
 
     def _micro(self, batch):
         """The role's micro-batches of a batch (a RolloutBatch, Experience or MiniBatch), on the engine's

@@ -62,10 +62,13 @@ def test_resume_loads_every_trained_role_and_returns_the_state(tmp_path):
     assert resume_checkpoint(_roles(tmp_path / "empty"), tmp_path / "empty", algo="ppo", model="m") is None
 
 
-@pytest.mark.parametrize(("algo", "model", "critic", "match"), [
-    ("grpo", "m", False, "holds a ppo run, this is algo=grpo"),
-    ("ppo", "other", True, "holds a run of model m, this is model.name_or_path=other"),
-])
+@pytest.mark.parametrize(
+    ("algo", "model", "critic", "match"),
+    [
+        ("grpo", "m", False, "holds a ppo run, this is algo=grpo"),
+        ("ppo", "other", True, "holds a run of model m, this is model.name_or_path=other"),
+    ],
+)
 def test_resume_refuses_another_algorithm_or_model_before_loading(tmp_path, algo, model, critic, match):
     save_checkpoint(_roles(tmp_path), tmp_path, 2, algo="ppo", model="m", state={}, keep=2)
     roles = _roles(tmp_path, critic=critic)

@@ -13,19 +13,31 @@ def _rollout(n: int = 4, p: int = 2, r: int = 3) -> RolloutBatch:
     seq = torch.arange(n * (p + r)).reshape(n, p + r)
     am = torch.ones(n, r, dtype=torch.long)
     am[1, 2:] = 0  # row 1 has 2 real response tokens
-    return RolloutBatch(sequences=seq, attention_mask=torch.cat([torch.ones(n, p, dtype=torch.long), am], 1),
-                        action_mask=am, rollout_logps=torch.randn(n, r), finish_reason=[f"r{i}" for i in range(n)],
-                        prompt_len=p)
+    return RolloutBatch(
+        sequences=seq,
+        attention_mask=torch.cat([torch.ones(n, p, dtype=torch.long), am], 1),
+        action_mask=am,
+        rollout_logps=torch.randn(n, r),
+        finish_reason=[f"r{i}" for i in range(n)],
+        prompt_len=p,
+    )
 
 
 def _experience(n: int = 8, r: int = 3, with_values: bool = True) -> Experience:
     g = torch.Generator().manual_seed(0)
     am = (torch.rand(n, r, generator=g) > 0.3).long()
-    return Experience(sequences=torch.arange(n * (2 + r)).reshape(n, 2 + r), attention_mask=torch.ones(n, 2 + r),
-                      action_mask=am, old_logps=torch.randn(n, r, generator=g),
-                      advantages=torch.randn(n, r, generator=g), returns=torch.randn(n, r, generator=g),
-                      prompt_len=2, kl_coef=0.1, ref_logps=None,
-                      old_values=torch.randn(n, r, generator=g) if with_values else None)
+    return Experience(
+        sequences=torch.arange(n * (2 + r)).reshape(n, 2 + r),
+        attention_mask=torch.ones(n, 2 + r),
+        action_mask=am,
+        old_logps=torch.randn(n, r, generator=g),
+        advantages=torch.randn(n, r, generator=g),
+        returns=torch.randn(n, r, generator=g),
+        prompt_len=2,
+        kl_coef=0.1,
+        ref_logps=None,
+        old_values=torch.randn(n, r, generator=g) if with_values else None,
+    )
 
 
 def test_split_then_cat_is_the_identity():
@@ -38,7 +50,7 @@ def test_split_then_cat_is_the_identity():
     back = RolloutBatch.cat(shards)
     for k in RolloutBatch.ROWS:
         a, c = getattr(b, k), getattr(back, k)
-        assert (torch.equal(a, c) if isinstance(a, torch.Tensor) else a == c), k
+        assert torch.equal(a, c) if isinstance(a, torch.Tensor) else a == c, k
 
 
 def test_split_refuses_uneven_shards_and_cat_refuses_mixed_batches():
@@ -95,8 +107,9 @@ def test_minibatches_normalize_by_the_whole_step_and_shards_keep_it():
     # Two ranks: each gets a contiguous half of every minibatch with the step's own normalizers.
     shards = per_rank(minis, 2)
     assert [len(s) for s in shards] == [4, 4]
-    assert all(isinstance(x, MiniBatch) and len(x) == 2 and x.norm == minis[i].norm
-               for r in shards for i, x in enumerate(r))
+    assert all(
+        isinstance(x, MiniBatch) and len(x) == 2 and x.norm == minis[i].norm for r in shards for i, x in enumerate(r)
+    )
     assert torch.equal(torch.cat([shards[0][0].exp.advantages, shards[1][0].exp.advantages]), m.exp.advantages)
     with pytest.raises(ValueError, match="train_batch_samples=3"):
         minibatches(e, train_batch_samples=3, update_epochs=1, seed=0)
@@ -112,8 +125,15 @@ def test_minibatch_shards_sum_to_the_whole_minibatch_loss():
     values = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
 
     def loss(mb, v):
-        return value_loss(v, mb.exp.old_values, mb.exp.returns, mb.exp.action_mask.float(), clip=0.2,
-                          agg="token_mean", **mb.norm.kwargs())[0]
+        return value_loss(
+            v,
+            mb.exp.old_values,
+            mb.exp.returns,
+            mb.exp.action_mask.float(),
+            clip=0.2,
+            agg="token_mean",
+            **mb.norm.kwargs(),
+        )[0]
 
     whole = loss(m, values)
     for ranks, micro in ((1, 8), (2, 2), (4, 1)):
@@ -121,5 +141,5 @@ def test_minibatch_shards_sum_to_the_whole_minibatch_loss():
         for r, shard in enumerate(m.split(ranks)):
             off = r * len(shard)
             for c, mb in enumerate(shard.chunks(micro)):
-                total = total + loss(mb, values[off + c * micro: off + (c + 1) * micro])
+                total = total + loss(mb, values[off + c * micro : off + (c + 1) * micro])
         assert torch.allclose(total, whole, atol=1e-6), (ranks, micro)

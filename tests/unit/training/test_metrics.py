@@ -7,8 +7,14 @@ from rlhf.training.metrics import combine_rank_metrics
 
 def test_shares_add_and_step_values_take_the_largest_rank():
     ranks = [
-        {"train/loss": 0.25, "train/lr": 1e-5, "train/grad_norm": 2.0, "timing/step_s": 1.5,
-         "train/critic_grad_norm": 3.0, "train/critic_lr": 5e-6},
+        {
+            "train/loss": 0.25,
+            "train/lr": 1e-5,
+            "train/grad_norm": 2.0,
+            "timing/step_s": 1.5,
+            "train/critic_grad_norm": 3.0,
+            "train/critic_lr": 5e-6,
+        },
         {"train/loss": 0.5, "timing/step_s": 2.0},
     ]
     out = combine_rank_metrics(ranks)
