@@ -31,9 +31,10 @@ class SourceConfig:
     # Relative sampling weight inside the mixture; weights are normalized over sources.
     weight: float = 1.0
     split: str = "train"
-    # Split used for evaluation (None: hold out data.eval_fraction of the training rows). A local file or a
-    # directory that lacks this split also falls back to the hold-out.
-    eval_split: Optional[str] = None
+    # Split used for evaluation when the source has it; a source without it (a single file, a directory
+    # without such files, a hub set without that split) holds out data.eval_fraction of its training rows.
+    # None: no evaluation rows from this source.
+    eval_split: Optional[str] = "test"
     # A separate file/directory/hub name holding the evaluation rows (wins over eval_split).
     eval_path: Optional[str] = None
     # Row keys, None: the format's own. Set on a source without `format`, they describe a `custom` format

@@ -278,7 +278,8 @@ def _eval_text(kind, path, split, src, data, name, task, fmt, opts, problems) ->
     from rlhf.data.datasets import row_check
 
     if kind == "none":
-        return "none (data.eval_fraction=0 and no eval split)"
+        return ("none (eval_split is null)" if src.eval_split is None else
+                f"none (no split '{src.eval_split}' and data.eval_fraction=0)")
     if kind == "hold_out":
         why = f"; the source has no split '{src.eval_split}'" if src.eval_split else ""
         return f"{data.eval_fraction:g} of the training rows held out (at most {data.eval_max_rows}){why}"

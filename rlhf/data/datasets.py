@@ -216,13 +216,15 @@ def row_check(fmt: Format, task: str, opts: FormatOptions) -> Callable[[Dict[str
 
 def eval_location(name: str, src: SourceConfig, cfg: DataConfig) -> Tuple[str, Optional[str], Optional[str]]:
     """Where a source's eval rows come from: ("path", path, split) for src.eval_path, ("split", None, split) for
-    an eval split the source has, ("hold_out", None, None) for data.eval_fraction of the training rows, or
-    ("none", None, None)."""
+    an eval split the source has, ("hold_out", None, None) for data.eval_fraction of the training rows when it
+    has none, or ("none", None, None) with eval_split null."""
     if src.eval_path:
         local_split = next((s for s in (src.eval_split, "test", "validation", src.split)
                             if s and split_available(name, src, s, src.eval_path)), src.split)
         return "path", src.eval_path, local_split
-    if src.eval_split and split_available(name, src, src.eval_split):
+    if src.eval_split is None:
+        return "none", None, None
+    if split_available(name, src, src.eval_split):
         return "split", None, src.eval_split
     return ("hold_out", None, None) if cfg.eval_fraction > 0 else ("none", None, None)
 

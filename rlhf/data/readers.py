@@ -185,13 +185,23 @@ def split_available(name: str, src: SourceConfig, split: str, path: Optional[str
     whose splits are known only when loading."""
     local = _resolve_local(name, str(src.path if path is None else path))
     if local is None:
-        return True
+        return _hub_has_split(str(src.path if path is None else path), split, src.hub_config)
     if local.is_file():
         return split == src.split
     files = [p for p in local.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES]
     if any(p.stem.startswith(split) for p in files):
         return True
     return split == src.split and not any(p.stem.startswith(_SPLIT_WORDS) for p in files)
+
+
+def _hub_has_split(path: str, split: str, config: Optional[str]) -> bool:
+    """Whether a hub data set lists `split`; True when the hub cannot be asked (loading will then say why)."""
+    try:
+        import datasets
+
+        return split in datasets.get_dataset_split_names(path, config)
+    except Exception:  # noqa: BLE001 - offline or unknown: decided when the rows are loaded
+        return True
 
 
 def _files_for_split(name: str, local: Path, split: str, src: SourceConfig) -> List[Path]:

@@ -167,3 +167,52 @@ def test_cli_plan_mode_prints_the_data_report_and_multirun_adds_sources(files, t
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert multi.stdout.count("data: gsm8k format detected in") == 2, multi.stdout
     assert "data.sources.gsm.weight=0.3" not in multi.stderr
+
+
+_TASK_ALGO = {"pair": "dpo", "sft": "sft", "prompt": "grpo", "unpaired": "kto", "pretrain": "pretrain"}
+
+
+def _presets_with_formats():
+    """preset -> {source: format} for every conf/data preset whose sources name a public format."""
+    import yaml
+
+    out = {}
+    for f in sorted((ROOT / "conf" / "data").glob("*.yaml")):
+        sources = yaml.safe_load(f.read_text()).get("sources") or {}
+        if sources and all(src.get("format") for src in sources.values()):
+            out[f.stem] = {name: src["format"] for name, src in sources.items()}
+    return out
+
+
+@pytest.mark.parametrize("preset", sorted(_presets_with_formats()))
+def test_every_preset_of_a_public_format_runs_on_a_local_copy(preset, tmp_path):
+    from rlhf.data.formats import FORMATS
+
+    sources = _presets_with_formats()[preset]
+    overrides = []
+    for name, fmt in sources.items():
+        overrides.append(f"data.sources.{name}.path={_write(tmp_path / f'{name}.jsonl', [FORMATS[fmt].example] * 20)}")
+    algo = _TASK_ALGO[FORMATS[next(iter(sources.values()))].tasks[0]]
+    report = check_run_data(typed(f"algo={algo}", f"data={preset}", *overrides))
+    assert {s.name: (s.format, s.good) for s in report.sources} == {n: (f, 20) for n, f in sources.items()}
+
+
+def test_bad_data_is_refused_before_ray_starts(files, tmp_path):
+    """`execute` (the driver) refuses each bad data set in its check: Ray is never started."""
+    import ray
+
+    from rlhf.run import execute
+
+    wrong = _write(tmp_path / "wrong.jsonl", [{"foo": 1}] * 4)
+    bad_commands = [
+        ["algo=dpo", f"data.train={files['gsm']}"],  # GSM8K prompts cannot train DPO
+        ["algo=sft", f"data.train={wrong}"],  # no format matches
+        ["algo=dpo", f"data.sources.tiny_pref.path={files['hh']}", "data.sources.tiny_pref.input_key=chosen"],
+        ["algo=grpo", f"data.train={files['hh']}"],  # the math reward's `answer` field is missing
+    ]
+    for command in bad_commands:
+        dcfg = compose_config(rewrite_argv(["tracking=none", f"output_dir={tmp_path / 'out'}", *command]))
+        with pytest.raises(DataCheckError):
+            execute(dcfg, progress=False)
+        assert not ray.is_initialized(), command
+    assert not (tmp_path / "out").exists()

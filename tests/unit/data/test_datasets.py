@@ -147,7 +147,10 @@ def test_eval_split_from_a_directory_and_no_eval(write_jsonl, tmp_path, chat_tok
     write_jsonl("d/test.jsonl", PAIRS[7:])
     with_eval = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"), eval_split="test")})
     assert len(build_dataset("sft", with_eval, chat_tokenizer, "eval")) == 3
-    without = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"))})
+    # The default eval_split is "test": the directory's test file.
+    assert len(build_dataset("sft", _data(sources={"s": SourceConfig(path=str(tmp_path / "d"))}), chat_tokenizer,
+                             "eval")) == 3
+    without = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"), eval_split=None)})
     empty = build_dataset("sft", without, chat_tokenizer, "eval")
     assert len(empty) == 0 and "no rows" in empty.summary()
 
