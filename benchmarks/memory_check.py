@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             ap.error("no CUDA GPU visible: run with --dry for the planner side only")
     for case in cases:
-        cfg = plan_case(case, args.hw)
+        plan_case(case, args.hw)
         if args.dry:
             continue
         # A fresh process per case: DeepSpeed engines keep GPU memory alive after they go out of scope.

@@ -16,7 +16,6 @@ response (or `responses` when generate.n > 1) and the row's other fields. temper
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Optional

@@ -1035,7 +1035,7 @@ def _engine_candidates(cfg: RunConfig) -> list[tuple[str, dict]]:
     """The ladder restricted to what the configuration fixes (an explicit zero_stage, offload...)."""
     e = cfg.engine
     out, seen = [], set()
-    for name, values in _ENGINE_LADDER:
+    for _name, values in _ENGINE_LADDER:
         merged = {k: (getattr(e, k) if getattr(e, k) is not None else v) for k, v in values.items()}
         # DeepSpeed offloads only partitioned states: CPU Adam needs ZeRO >= 1, offloaded weights ZeRO-3.
         if (merged["offload_params"] and merged["zero_stage"] != 3) or (merged["offload_optimizer"] and merged["zero_stage"] == 0):

@@ -61,9 +61,9 @@ def _hydra_job() -> dict:
 
 def execute(dcfg: DictConfig, progress: bool = True):
     """Run one composed config end to end; returns the RunResult (None in plan mode)."""
-    from rlhf.launch.run_dir import claim_run_dir, mark_finished
     from rlhf.data.check import check_run_data
     from rlhf.data.sources import resolve_data
+    from rlhf.launch.run_dir import claim_run_dir, mark_finished
     from rlhf.plan import resolve_plan
     from rlhf.tracking.callbacks import sweep_parent
     from rlhf.tracking.lineage import log_lineage, log_objective, previous_run_id, write_run_record
@@ -221,9 +221,9 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def hydra_main(dcfg: DictConfig) -> Optional[float]:
-    from rlhf.launch.ray_cluster import submitit_ray_cluster
     from rlhf.data.check import DataCheckError
     from rlhf.data.errors import DataError
+    from rlhf.launch.ray_cluster import submitit_ray_cluster
     from rlhf.launch.resume_check import ResumeMismatchError
     from rlhf.launch.run_dir import RunDirError
     from rlhf.plan import PlanError

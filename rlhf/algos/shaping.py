@@ -54,7 +54,7 @@ class RunningMeanStd:
         mean = x.mean()
         self._combine(x.numel(), mean.item(), (x - mean).square().sum().item())
 
-    def merge(self, other: "RunningMeanStd") -> None:
+    def merge(self, other: RunningMeanStd) -> None:
         """Fold another summary into this one."""
         self._combine(other.count, other.mean, other.m2)
 

@@ -30,7 +30,7 @@ WARN_BAD_FRACTION = 0.05
 class DataCheckError(Exception):
     """Problems found by the data check; `str()` lists all of them."""
 
-    def __init__(self, problems: Sequence[DataError], report: "DataReport"):
+    def __init__(self, problems: Sequence[DataError], report: DataReport):
         self.problems = list(problems)
         self.report = report
         lines = [f"the data check found {len(self.problems)} problem(s); nothing was started:"]
@@ -262,7 +262,7 @@ def _config_key(name: str, fmt: Format, opts, row_key: Optional[str]) -> Optiona
 def _fix(name: str, fmt: Format, reason: str, bad: BadRow) -> str:
     if reason.startswith("prompt contains its own"):
         return ("the prompt key holds the whole conversation: leave the keys unset so the format is detected, or "
-                f"name it (e.g. data.format=hh_rlhf for '\\n\\nHuman: ... \\n\\nAssistant:' text)")
+                "name it (e.g. data.format=hh_rlhf for '\\n\\nHuman: ... \\n\\nAssistant:' text)")
     if reason.startswith(("missing key", "wrong type", "empty string")):
         return (f"rename the key with data.sources.{name}.<input_key|output_key|chosen_key|rejected_key|label_key>="
                 f"<row key>, or name another format with data.sources.{name}.format=<name> (formats: "

@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 
 from rlhf.config.data import DataConfig, SourceConfig
 from rlhf.data.errors import BadRow, DataError, RowError
-from rlhf.data.mixture import mix_sources, train_eval_split
 from rlhf.data.formats import (
     TASKS,
     Detection,
@@ -34,6 +33,7 @@ from rlhf.data.formats import (
     detect_format,
     get_format,
 )
+from rlhf.data.mixture import mix_sources, train_eval_split
 from rlhf.data.readers import (
     ORIGIN_KEY,
     SourceRows,

@@ -68,6 +68,6 @@ class DataError(Exception):
         super().__init__(message)
 
     @classmethod
-    def from_bad_row(cls, bad: BadRow, hint: Optional[str] = None) -> "DataError":
+    def from_bad_row(cls, bad: BadRow, hint: Optional[str] = None) -> DataError:
         problem = bad.reason + (f" ({bad.detail})" if bad.detail else "")
         return cls(problem, source=bad.source, origin=bad.origin, key=bad.key, hint=hint)

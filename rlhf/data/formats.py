@@ -64,8 +64,8 @@ class Format:
     keys: Dict[str, str]
     # Row keys a row must have (with the right types) to be of this format; their number orders candidates.
     required: Tuple[str, ...]
-    match: Callable[[Mapping[str, Any], "FormatOptions"], bool]
-    normalize: Callable[[Mapping[str, Any], str, "FormatOptions"], Dict[str, Any]]
+    match: Callable[[Mapping[str, Any], FormatOptions], bool]
+    normalize: Callable[[Mapping[str, Any], str, FormatOptions], Dict[str, Any]]
     hub: Optional[str] = None  # the public data set of this shape
     example: Dict[str, Any] = field(default_factory=dict)
     prompt_template: Optional[str] = None
@@ -190,7 +190,7 @@ def apply_prompt_template(template: Optional[str], values: Mapping[str, Any], pr
         raise DataError(f"prompt template {template!r} is not a format string ({e})", key="data.prompt_template",
                         hint="write e.g. '{instruction}\\n\\n{input}' (double literal braces: '{{')") from e
     pieces: List[Tuple[str, Optional[str]]] = []  # (literal before, value or None when no field)
-    for literal, name, spec, conv in parts:
+    for literal, name, spec, _conv in parts:
         if name is None:
             pieces.append((literal, None))
             continue

@@ -24,7 +24,7 @@ FINISHED_FILE = "finished.json"
 
 # Locks held by this process, by directory: a second run in the same process (tests, sweeps run in-process)
 # takes over its own earlier claim instead of blocking on it.
-_HELD: dict[str, "RunDirClaim"] = {}
+_HELD: dict[str, RunDirClaim] = {}
 
 
 class RunDirError(RuntimeError):

@@ -59,7 +59,7 @@ def algo_data(option: str) -> str:
     return picks[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(overrides: tuple[str, ...]):
     return compose_config(list(overrides))
 

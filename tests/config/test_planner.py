@@ -23,7 +23,7 @@ from tests.config.helpers import options, typed
 BINDING = ("out of GPU memory", "offloaded states need", "is not divisible", "does not split")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nodes():
     algos = {a: typed(f"algo={a}") for a in options("algo")}
     models = {m: typed(f"model={m}").model for m in options("model")}
@@ -255,7 +255,7 @@ def test_a_model_folder_plans_with_no_architecture_keys(tiny_folder):
     assert (m.model_type, m.tie_word_embeddings, m.num_experts, m.max_position_embeddings) == ("qwen2", False, 1, 512)
     # The parameter count is the real one (biases and norms included), summed from the safetensors header.
     assert m.params_b * 1e9 == pytest.approx(count, abs=0.5)
-    assert any(c.startswith(f"model: params_b, hidden_size") and str(path) in c for c in plan.chosen)
+    assert any(c.startswith("model: params_b, hidden_size") and str(path) in c for c in plan.chosen)
 
 
 def test_name_or_path_alone_replaces_the_presets_numbers(tiny_folder):

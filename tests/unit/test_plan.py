@@ -27,7 +27,7 @@ HF_CONFIGS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(*overrides: str):
     return compose_config(list(overrides))
 

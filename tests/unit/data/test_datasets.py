@@ -9,6 +9,7 @@ from rlhf.data.datasets import build_dataset
 from rlhf.data.errors import DataError
 from rlhf.data.readers import asset_root
 
+
 def _data(**kw) -> DataConfig:
     """A DataConfig without the default hold-out, so that row counts below are whole sources."""
     kw.setdefault("eval_fraction", 0.0)
