@@ -17,7 +17,8 @@ from typing import Optional
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Hydra flags whose next argument is a value, not an override.
-_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p")
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name", "-cp",
+                "--config-path")
 _INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
@@ -25,7 +26,11 @@ class ConfigError(ValueError):
     pass
 
 
-def _compose(overrides: list[str], config_name: str = "config"):
+# The primary config's folder while a `-cd <dir>` command line is checked (conf/ stays on the search path).
+_CONFIG_DIR: list[Path] = []
+
+
+def _compose(overrides: list[str], config_name: str = "config", hydra_config: bool = False):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -33,8 +38,11 @@ def _compose(overrides: list[str], config_name: str = "config"):
 
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name, overrides=overrides)
+    config_dir = _CONFIG_DIR[-1] if _CONFIG_DIR else CONF_DIR
+    if config_dir != CONF_DIR:
+        overrides = [f"hydra.searchpath=[file://{CONF_DIR}]", *overrides]
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
 
 
 def compose_config(overrides: list[str], config_name: str = "config"):
@@ -50,23 +58,215 @@ def compose_config(overrides: list[str], config_name: str = "config"):
 
 
 def preflight(argv: list[str]) -> Optional[str]:
-    """None when the command line composes; else the message to print. Skips multirun and custom configs."""
-    if any(a in ("-m", "--multirun") for a in argv):
-        return None
-    if any(a.startswith(("-cd", "-cn", "--config-dir", "--config-name", "--config-path", "-cp")) for a in argv):
-        return None
-    overrides = _overrides(argv)
+    """None when the command line composes; else the message to print.
+
+    A multirun (`-m`, or a primary config with `hydra.mode: MULTIRUN` such as a sweep file) is expanded point
+    by point (the cartesian grid of its comma/range/choice sweeps; an Optuna search space's choices and
+    interval bounds) and every point is composed and planned: all bad points are listed before Hydra launches
+    any. `-cd <dir>` and `-cn <name>` are honoured; a `-cd` folder not found from the working directory is
+    looked for in the project (`-cd sweeps` from anywhere) and sys.argv is pointed at it for Hydra.
+    """
+    config_dir, config_name = _config_flags(argv)
+    if any(a.startswith(("-cp", "--config-path")) for a in argv):
+        return None  # a path relative to the entry module: Hydra's own resolution, not checked here
+    if config_dir is not None:
+        found = _find_config_dir(config_dir)
+        if found is None:
+            return (f"config directory '{config_dir}' not found: not in the working directory ({Path.cwd()}) nor in "
+                    f"the project ({CONF_DIR.parent}); sweep files live in {CONF_DIR.parent / 'sweeps'}")
+        _point_argv_at(config_dir, found)
+        _CONFIG_DIR.append(found)
     try:
-        cfg = _compose(overrides)
+        return _preflight(argv, config_name)
+    finally:
+        if config_dir is not None:
+            _CONFIG_DIR.pop()
+
+
+def _preflight(argv: list[str], config_name: str) -> Optional[str]:
+    overrides = _overrides(argv)
+    printing = any(a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")
+                   or a.startswith(("--cfg=", "--info=")) for a in argv)
+    if any(a in ("-m", "--multirun") for a in argv) or _declares_multirun(overrides, config_name):
+        return None if printing else check_sweep(overrides, config_name)
+    try:
+        cfg = _compose(overrides, config_name)
     except Exception as e:  # noqa: BLE001 - every composition error becomes a message
-        return explain(e, overrides)
+        return explain(e, overrides, config_name)
     problem = check_added_keys(cfg)
     if problem:
         return problem
     # Printing the config (--cfg, --info, --help) works with values still unset; running does not.
-    if not any(a.startswith(("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")) for a in argv):
+    if not printing:
         return check_missing(cfg)
     return None
+
+
+def _config_flags(argv: list[str]) -> tuple[Optional[str], str]:
+    """(the -cd/--config-dir value or None, the -cn/--config-name value or 'config')."""
+    values: dict[str, str] = {}
+    for i, a in enumerate(argv):
+        for short, long in (("-cd", "--config-dir"), ("-cn", "--config-name")):
+            if a in (short, long) and i + 1 < len(argv):
+                values[short] = argv[i + 1]
+            elif a.startswith((short + "=", long + "=")):
+                values[short] = a.split("=", 1)[1]
+    return values.get("-cd"), values.get("-cn", "config")
+
+
+def _find_config_dir(value: str) -> Optional[Path]:
+    for base in (Path.cwd(), CONF_DIR.parent):
+        path = (base / value).expanduser().resolve()
+        if path.is_dir():
+            return path
+    return None
+
+
+def _point_argv_at(value: str, found: Path) -> None:
+    """Hydra resolves -cd from the working directory: hand it the folder found in the project instead."""
+    import sys
+
+    if (Path.cwd() / value).resolve() == found:
+        return
+    for i, a in enumerate(sys.argv):
+        if a in ("-cd", "--config-dir") and i + 1 < len(sys.argv) and sys.argv[i + 1] == value:
+            sys.argv[i + 1] = str(found)
+        elif a in (f"-cd={value}", f"--config-dir={value}"):
+            sys.argv[i] = f"{a.split('=', 1)[0]}={found}"
+
+
+def _declares_multirun(overrides: list[str], config_name: str) -> bool:
+    """The primary config (a sweep file) sets hydra.mode: MULTIRUN."""
+    try:
+        cfg = _compose([o for o in overrides if not _is_sweep(o)], config_name, hydra_config=True)
+    except Exception:  # noqa: BLE001 - the checks below report composition problems with context
+        return False
+    return str(cfg.hydra.get("mode")) == "RunMode.MULTIRUN"
+
+
+def _is_sweep(override: str) -> bool:
+    try:
+        return _parse(override).is_sweep_override()
+    except Exception:  # noqa: BLE001 - unparsable: the composition reports it
+        return False
+
+
+def _parse(override: str):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: F401 - registers the grammar
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([override])[0]
+
+
+def sweep_values(key: str, spec: str) -> list[str]:
+    """What a sweeper tries for `key=spec`: every grid/choice/range value, or an interval's two bounds."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    override = _parse(f"{key}={spec}")
+    value = override.value()
+    if isinstance(value, IntervalSweep):
+        return [str(value.start), str(value.end)]
+    if not override.is_sweep_override():
+        return [str(override.get_value_element_as_str())]
+    return [str(v) for v in override.sweep_string_iterator()]
+
+
+# More grid points than this are checked one axis at a time (each value once, the other axes at their first).
+MAX_CHECKED_POINTS = 256
+
+
+def sweep_points(overrides: list[str], config_name: str = "config") -> tuple[list[str], list[list[str]]]:
+    """(overrides shared by every point, the points' own overrides) of a multirun command line."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    plain = [o for o in overrides if not _is_sweep(o)]
+    axes: dict[str, list[str]] = {}
+    try:
+        cfg = _compose(plain, config_name, hydra_config=True)
+        params = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}, resolve=False)
+    except Exception:  # noqa: BLE001 - composition problems are reported point by point
+        params = {}
+    for key, spec in (params or {}).items():
+        axes[str(key)] = sweep_values(str(key), str(spec))
+    for o in overrides:
+        if _is_sweep(o):
+            key, _, spec = o.partition("=")
+            axes[key] = sweep_values(key, spec)
+    plain = [o for o in plain if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    grid = [[f"{k}={v}" for v in values] for k, values in axes.items()]
+    size = 1
+    for values in grid:
+        size *= len(values)
+    if size <= MAX_CHECKED_POINTS:
+        return plain, [list(p) for p in itertools.product(*grid)]
+    first = [values[0] for values in grid]
+    points = [first]
+    for i, values in enumerate(grid):
+        points += [first[:i] + [v] + first[i + 1:] for v in values[1:]]
+    return plain, points
+
+
+def check_point(overrides: list[str], config_name: str = "config") -> Optional[str]:
+    """The message a single run of these overrides would print (composition, keys, missing values, plan)."""
+    from omegaconf import OmegaConf
+
+    from rlhf.plan import PlanError, resolve_plan
+
+    problems: list[str] = []
+    remaining = list(overrides)
+    # A composition error hides the point's other problems: report it, drop the override at fault, retry.
+    for _ in range(len(overrides) + 1):
+        try:
+            cfg = _compose(remaining, config_name)
+            break
+        except Exception as e:  # noqa: BLE001 - every composition error becomes a message
+            problems.append(explain(e, remaining, config_name))
+            key = _failing_key(e)
+            kept = [o for o in remaining if _override_key(o) != key]
+            if key is None or len(kept) == len(remaining):
+                return "\n".join(problems)
+            remaining = kept
+    added, missing = check_added_keys(cfg), check_missing(cfg)
+    problems += [p for p in (added, missing) if p]
+    if not missing:
+        try:
+            resolve_plan(OmegaConf.to_object(cfg))
+        except PlanError as e:
+            problems.append(str(e))
+        except Exception:  # noqa: BLE001 - a key added with '+' may stop the typed conversion; reported above
+            if not added:
+                raise
+    return "\n".join(problems) or None
+
+
+def _failing_key(error: Exception) -> Optional[str]:
+    """The config key of the override a composition error is about, when the error names one."""
+    text = _chain_text(error)
+    for pattern in (r"full_key: (\S+)", r"Error merging override (\S+)", r"Could not override '([^']+)'"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1).lstrip("+~").split("=")[0]
+    return None
+
+
+def check_sweep(overrides: list[str], config_name: str = "config") -> Optional[str]:
+    """Every point of a multirun composed and planned; one message listing each bad point, else None."""
+    plain, points = sweep_points(overrides, config_name)
+    bad: dict[str, list[str]] = {}
+    for point in points:
+        problem = check_point(plain + point, config_name)
+        if problem:
+            bad.setdefault(problem, []).append(" ".join(point) or "(no swept values)")
+    if not bad:
+        return None
+    count = sum(len(v) for v in bad.values())
+    lines = [f"{count} of {len(points)} sweep point(s) cannot run; nothing was launched:"]
+    for problem, names in bad.items():
+        where = names[0] if len(names) == 1 else f"{len(names)} points ({'; '.join(names[:4])}{'; ...' if len(names) > 4 else ''})"
+        lines.append(f"- {where}:\n    " + problem.replace("\n", "\n    "))
+    return "\n".join(lines)
 
 
 def _overrides(argv: list[str]) -> list[str]:
