@@ -216,3 +216,17 @@ def test_bad_data_is_refused_before_ray_starts(files, tmp_path):
             execute(dcfg, progress=False)
         assert not ray.is_initialized(), command
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_shows_the_format_and_tokenized_rows_with_trained_tokens_marked(files, capsys):
+    from rlhf.data.inspect import main
+
+    assert main(["algo=dpo", f"data.train={files['hh']}", "rows=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: hh_rlhf format detected in {files['hh']}" in out and "prompt tokens median" in out
+    # The first row: the history is context, only the last Assistant turn sits between [[ and ]].
+    assert "Go on.<|im_end|>\\n<|im_start|>assistant\\n[[It is 1.<|im_end|>]]" in out
+    assert "[[It is 7, I think.<|im_end|>]]" in out and "Let me see.<|im_end|>" in out
+    assert "[[Let me see." not in out
+    assert main(["algo=kto", f"data.train={files['hh']}"]) == 2
+    assert "format hh_rlhf" in capsys.readouterr().err
