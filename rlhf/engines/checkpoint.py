@@ -80,12 +80,56 @@ def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
 
 
 def publish_step(tmp: Path, final: Path, state: dict, keep: int) -> None:
-    """Finish a step checkpoint whose shards are in `tmp`: write its state file last, move it into place,
-    point `latest` at it and prune older ones down to `keep`."""
+    """Finish a step checkpoint whose shards are in `tmp`: write its state file and the digests of every file
+    last, move it into place, point `latest` at it and prune older ones down to `keep`."""
+    from rlhf.engines.safe_load import write_digests
+
     (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_digests(tmp)
     publish_dir(tmp, final)
     mark_latest(final.parent, final.name)
     prune_checkpoints(final.parent, keep)
+
+
+def intact_checkpoint(ckpt_root: Path) -> tuple[Optional[Path], list[str]]:
+    """The newest checkpoint whose files match their digests, and why each newer one was passed over.
+
+    `latest` first, then the other step directories newest first: a damaged newest checkpoint (a truncated
+    shard, a disk error) falls back to the one before it instead of blocking the resume.
+    """
+    from rlhf.engines.safe_load import DamagedCheckpointError, verify_digests
+
+    root = Path(ckpt_root)
+    first = latest_checkpoint(root)
+    others = sorted((p for p in root.glob("step_*") if p.is_dir() and p != first), reverse=True)
+    skipped: list[str] = []
+    for path in ([first] if first is not None else []) + others:
+        if not (path / STATE_FILE).is_file():
+            continue
+        try:
+            json.loads((path / STATE_FILE).read_text())
+            verify_digests(path)
+        except (DamagedCheckpointError, json.JSONDecodeError) as e:
+            skipped.append(f"{path.name}: {e}")
+            continue
+        return path, skipped
+    return None, skipped
+
+
+def check_free_space(ckpt_root: Path, step: int) -> None:
+    """Refuse to start a save the disk cannot hold: the previous checkpoint's size is the estimate."""
+    root = Path(ckpt_root)
+    previous = latest_checkpoint(root)
+    if previous is None:
+        return
+    need = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file())
+    free = shutil.disk_usage(root).free
+    if free < need * 1.05:
+        raise OSError(
+            28, f"not enough disk space for the step-{step} checkpoint in {root}: the last one took "
+            f"{need / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are free; free space, lower algo.keep_checkpoints, "
+            "or point output_dir at a larger disk"
+        )
 
 
 def read_state(ckpt: Path) -> dict:

@@ -148,6 +148,10 @@ class TrainEngine:
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
+        # Resume reads DeepSpeed's state files without unpickling arbitrary objects.
+        from rlhf.engines.safe_load import restrict_loading
+
+        restrict_loading(self.ds)
         self.grad_accum = grad_accum
         self.world_size = world_size
         self.micro_batch = micro_batch
