@@ -316,7 +316,8 @@ def _read_file(file: Path, out: _Collector) -> None:
         for lineno, raw in enumerate(f, 1):
             origin = f"{shown}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig: editors on Windows start files with a byte-order mark, which is not part of row 1.
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 out.reject(BadRow(out.name, origin, "invalid UTF-8", str(e)))
                 continue
@@ -332,7 +333,7 @@ def _read_file(file: Path, out: _Collector) -> None:
 
 def _read_json_list(name: str, file: Path) -> Optional[list]:
     """The list a `.json` file holds, or None when the file is JSON lines under a .json name."""
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -234,3 +234,13 @@ def test_bad_fraction_message_suggests_the_key_override():
     message = str(err.value)
     assert "3 of 4 rows are bad" in message and "first at x.jsonl:1" in message
     assert "['answer', 'question']" in message and "data.sources.tiny.input_key=" in message
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path, suffix):
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    text = "\n".join(json.dumps(r) for r in rows) if suffix == ".jsonl" else json.dumps(rows)
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    read = read_source("bom", SourceConfig(path=str(path)), "train")
+    assert [r["prompt"] for r in read.rows] == ["a", "c"] and read.bad == []
