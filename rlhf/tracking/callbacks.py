@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 ENV_PARENT = "RLHF_PARENT_RUN_ID"
 PARENT_FILE = "mlflow_parent.json"
 TAG_SWEEP_ROLE = "rlhf.sweep"
+# The swept keys, comma-separated, for jobs that name their child run by them.
+ENV_SWEPT = "RLHF_SWEPT_KEYS"
 
 
 def experiment_id(client, name: str, uri: str) -> str:
@@ -125,14 +127,36 @@ class MLflowSweepCallback(Callback):
         run = client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         client.log_text(run_id, OmegaConf.to_yaml(config, resolve=False), "multirun_config.yaml")
-        self._parent = {"run_id": run_id, "tracking_uri": uri, "experiment_id": exp_id}
+        self._parent = {"run_id": run_id, "tracking_uri": uri, "experiment_id": exp_id,
+                        "swept": swept_keys(config)}
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(json.dumps(self._parent, indent=2) + "\n")
-        for key, value in ((ENV_PARENT, run_id), ("MLFLOW_TRACKING_URI", uri)):
+        for key, value in ((ENV_PARENT, run_id), ("MLFLOW_TRACKING_URI", uri),
+                           (ENV_SWEPT, ",".join(self._parent["swept"]))):
             if os.environ.get(key) != value:
                 os.environ[key] = value
                 self._set_env.append(key)
         log.info("sweep parent run %s in %s", run_id, uri)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """Name the point's child run by its swept values (`kl_coef=0.05 lr=0.0001`)."""
+        from mlflow.tracking import MlflowClient
+
+        parent = sweep_parent()
+        name = child_run_name(config, (parent or {}).get("swept") or os.environ.get(ENV_SWEPT, "").split(","))
+        if parent is None or not name:
+            return
+        try:
+            client = MlflowClient(parent.get("tracking_uri"))
+            out = str(Path(config.get("output_dir") or config.hydra.runtime.output_dir).resolve())
+            runs = client.search_runs(
+                [parent["experiment_id"]] if parent.get("experiment_id") else
+                [client.get_run(parent["run_id"]).info.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.output_dir = '{out}'")
+            for run in runs:
+                client.set_tag(run.info.run_id, "mlflow.runName", name)
+        except Exception as e:  # noqa: BLE001 - a name is cosmetic; never fail the point for it
+            log.warning("could not name the child run %s: %s", name, e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -160,6 +184,32 @@ class MLflowSweepCallback(Callback):
             for key in self._set_env:
                 os.environ.pop(key, None)
             self._set_env, self._parent = [], None
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: its sweeper's params and the command line's sweep overrides."""
+    from rlhf.config.preflight import _is_sweep
+
+    keys = [str(k) for k in (OmegaConf.select(config, "hydra.sweeper.params") or {})]
+    for o in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if _is_sweep(str(o)) and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def child_run_name(config: DictConfig, swept: list[str]) -> Optional[str]:
+    """`lr=0.0001 kl_coef=0.05` from the point's overrides of the swept keys (full keys when leaves repeat)."""
+    values = {}
+    for o in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key, _, value = str(o).partition("=")
+        if key.lstrip("+~") in swept:
+            values[key.lstrip("+~")] = value
+    if not values:
+        return None
+    leaves = [k.rsplit(".", 1)[-1] for k in values]
+    short = len(set(leaves)) == len(leaves)
+    return " ".join(f"{k.rsplit('.', 1)[-1] if short else k}={v}" for k, v in values.items())
 
 
 def _sweeper_direction(config: DictConfig) -> Optional[bool]:
