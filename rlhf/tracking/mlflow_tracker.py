@@ -97,14 +97,23 @@ class MLflowTracker:
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
         # psutil samples CPU/memory; without it MLflow would only warn once per run.
         log_system_metrics = log_system_metrics and _has_psutil()
+        # Steps the run logged before it was stopped: a resumed run retrains them from its checkpoint and would
+        # log them a second time; their first values stay and the repeats are not logged.
+        self.logged_through = -1
         if resume_run_id and self._run_exists(resume_run_id):
             # A requeued job continues its own run, so one sweep point stays one child.
+            self.logged_through = self._last_logged_step(resume_run_id)
             self.run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=log_system_metrics)
         else:
             self.run = mlflow.start_run(
                 experiment_id=self.experiment_id, run_name=run_name, tags=tags, log_system_metrics=log_system_metrics
             )
         self.run_id = self.run.info.run_id
+
+    def _last_logged_step(self, run_id: str) -> int:
+        client = self.mlflow.tracking.MlflowClient(self.uri)
+        keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
+        return max((m.step for k in keys for m in client.get_metric_history(run_id, k)), default=-1)
 
     def _run_exists(self, run_id: str) -> bool:
         try:
@@ -128,7 +137,7 @@ class MLflowTracker:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if clean:
+        if clean and step > self.logged_through:
             self.mlflow.log_metrics(clean, step=step)
 
     def log_text(self, text: str, name: str) -> None:
