@@ -15,6 +15,7 @@ class CriticWorker(TrainedRole):
     ckpt_name = "critic"
 
     def setup(self, master_addr: str, master_port: int) -> dict:
+        import torch
         from transformers import AutoModelForTokenClassification
 
         from rlhf.models.loading import _common_kwargs, resolve_path
@@ -29,6 +30,11 @@ class CriticWorker(TrainedRole):
         kw.pop("quantization_config", None)
         path = resolve_path(self.role_plan.name_or_path or s.model.name_or_path)
         model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kw)
+        # No dropout (transformers puts 0.1 before the value head): the loss must train the function `values`
+        # computed, and random masks would make the update depend on how rows meet ranks.
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
         model.config.use_cache = False
         self.engine = self._engine(model, lr=s.algo.critic_lr)
         return {"setup_s": time.time() - t0}
