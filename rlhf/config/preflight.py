@@ -212,6 +212,7 @@ def check_point(overrides: list[str], config_name: str = "config") -> Optional[s
     """The message a single run of these overrides would print (composition, keys, missing values, plan)."""
     from omegaconf import OmegaConf
 
+    from rlhf.config.run import RunConfig
     from rlhf.plan import PlanError, resolve_plan
 
     problems: list[str] = []
@@ -232,7 +233,9 @@ def check_point(overrides: list[str], config_name: str = "config") -> Optional[s
     problems += [p for p in (added, missing) if p]
     if not missing:
         try:
-            resolve_plan(OmegaConf.to_object(cfg))
+            run = OmegaConf.to_object(cfg)
+            assert isinstance(run, RunConfig)
+            resolve_plan(run)
         except PlanError as e:
             problems.append(str(e))
         except Exception:  # noqa: BLE001 - a key added with '+' may stop the typed conversion; reported above

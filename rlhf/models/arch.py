@@ -70,8 +70,8 @@ def from_config_json(config: dict, params: Optional[int], source: str) -> Arch:
         num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         # The MoE width is per expert (Mixtral's intermediate_size, Qwen-MoE's moe_intermediate_size).
-        intermediate_size=int(cfg.get("moe_intermediate_size") if experts > 1 and cfg.get("moe_intermediate_size")
-                              else cfg.get("intermediate_size") or (8 * hidden) // 3),
+        intermediate_size=int((cfg.get("moe_intermediate_size") if experts > 1 else None)
+                              or cfg.get("intermediate_size") or (8 * hidden) // 3),
         vocab_size=int(cfg["vocab_size"]),
         params_b=0.0,
         num_experts=experts,
