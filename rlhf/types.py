@@ -91,10 +91,6 @@ class _Rows:
             },
         )
 
-    def __getitem__(self, key: str):
-        # Read access by field name, as for the dicts these containers replaced.
-        return getattr(self, key)
-
 
 @dataclass
 class PromptBatch(_Rows):
