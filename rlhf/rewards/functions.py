@@ -10,6 +10,7 @@ only the fields it needs; `rlhf.rewards.loader.RewardFunction` passes exactly th
 Shipped:
 - `math_exact_match`: 1.0 when the response's final answer equals the reference number (GSM8K / MATH style).
 - `numeric_format`: dense reward, the fraction of non-space characters that are digits.
+- `numeric_closeness`: partial credit 1 / (1 + |answer - reference|), a dense companion of exact match.
 - `number_format`: 1.0 when the response is one number and nothing else (`7.`), the default task's format.
 - `regex_format(pattern)`: factory; 1.0 when the response fully matches a regex.
 - `think_answer_format`: `regex_format` for `<think>...</think><answer>...</answer>` (DeepSeek-R1 style).
@@ -28,6 +29,7 @@ __all__ = [
     "extract_answer",
     "math_exact_match",
     "number_format",
+    "numeric_closeness",
     "numeric_format",
     "parse_number",
     "regex_format",
@@ -204,6 +206,28 @@ def math_exact_match(
         expected = _reference_value(reference, i)
         predicted = extract_answer(response)
         rewards.append(1.0 if predicted is not None and predicted == expected else 0.0)
+    return rewards
+
+
+def numeric_closeness(
+    prompts: Sequence[str], responses: Sequence[str], answer: Sequence[object], **kwargs
+) -> list[float]:
+    """Partial credit by distance: 1 / (1 + |final number - reference|); 0.0 when the response holds no number.
+
+    A dense companion of `math_exact_match` for short numeric tasks: a policy that never hits the answer still
+    learns which way to move ("12" earns 1/13 against a reference of 0, "1" earns 1/2).
+
+    Args:
+        prompts: [B] (unused). responses: [B]. answer: [B] reference answers as for `math_exact_match`.
+    Returns:
+        [B] rewards in [0, 1]; 1.0 exactly when the answer is right.
+    """
+    if len(answer) != len(responses):
+        raise ValueError(f"numeric_closeness: got {len(responses)} responses but {len(answer)} answers")
+    rewards = []
+    for i, (response, reference) in enumerate(zip(responses, answer, strict=True)):
+        predicted = extract_answer(response)
+        rewards.append(0.0 if predicted is None else 1.0 / (1.0 + abs(float(predicted - _reference_value(reference, i)))))
     return rewards
 
 
