@@ -21,7 +21,9 @@ _LOGGER_NOISE = (
     ("DeepSpeed", "Setting accelerator to CPU"),
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled"),
 )
-_QUIET_LOGGERS = ("mlflow", "alembic")  # INFO chatter (database creation and migration) -> WARNING
+# INFO chatter (database creation and migration) -> WARNING. The child loggers, since mlflow resets the level of
+# its "mlflow" logger when it is imported.
+_QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
 _WARNING_MODULES = r"(transformers|torch|peft|deepspeed|mlflow|accelerate|huggingface_hub)(\..*)?$"
 _WARNING_MESSAGES = (
     r".*dataset source can be interpreted in multiple ways",

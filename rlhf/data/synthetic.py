@@ -254,21 +254,26 @@ def greeting_problem(rng: random.Random) -> Problem:
     )
 
 
-def last_number_problem(rng: random.Random) -> Problem:
-    """``What is the last number: 4, 7, 2?`` -> ``2.``: one of two or three digits shown, chosen by position.
+def zero_problem(rng: random.Random) -> Problem:
+    """``What is 37 * 0?``, ``0 times 37``, ``37 - 37`` -> ``0``: the zero rules of multiplication and subtraction.
 
-    The embedded default RL task: the answer is always in the prompt, so a model that copies a number scores
-    by chance (one in two or three), and what RL teaches is which one to copy. The split key is the digits.
+    The embedded default RL task. The warmed tiny chat model answers such prompts in the shipped style
+    (``37 * 0 = 10.``) with the wrong number; the rule it has to learn is the same for every held-out operand,
+    which 20 RL steps on a 2.5M-parameter model can find. The split key is the problem (``37*0``).
     """
-    xs = [rng.randint(0, 9) for _ in range(rng.choice((2, 3)))]
-    wrong = rng.choice([x for x in range(10) if x != xs[-1]])
+    x = rng.randint(0, 99)
+    kind = rng.choice(("x*0", "0*x", "x-x"))
+    expr = {"x*0": f"{x} * 0", "0*x": f"0 * {x}", "x-x": f"{x} - {x}"}[kind]
+    words = {"x*0": f"{x} times 0", "0*x": f"0 times {x}", "x-x": f"{x} minus {x}"}[kind]
+    template = rng.choice(_ARITH_TEMPLATES)
+    wrong = _wrong_number(rng, 0)
     return Problem(
-        key="last:" + ",".join(map(str, xs)),
-        question="What is the last number: " + ", ".join(map(str, xs)) + "?",
-        answer=f"{xs[-1]}.",
-        value=str(xs[-1]),
+        key=kind.replace("x", str(x)),
+        question=template.format(a=expr.split()[0], op=expr.split()[1], b=expr.split()[2], word=words.split()[1]),
+        answer=f"{expr} = 0.",
+        value="0",
         wrong_value=str(wrong),
-        wrong_answer=f"{wrong}.",
+        wrong_answer=f"{expr} = {wrong}.",
     )
 
 
@@ -483,35 +488,16 @@ def prompt_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> lis
     return _unique_rows(n, make, f"prompts/{split}")
 
 
-def choice_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[Row]:
-    """RL prompts of the default task ``{"prompt": "What is the last number: 4, 7, 2?", "answer": "2"}``
-    (``last_number_problem``); the test split holds about 110 distinct problems."""
-    rng = _rng(seed, "choice", split)
+def zero_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[Row]:
+    """RL prompts of the default task ``{"prompt": "What is 37 * 0?", "answer": "0"}`` (``zero_problem``); the
+    test split holds 30 problems in up to four phrasings each."""
+    rng = _rng(seed, "zero", split)
 
     def make() -> Row:
-        problem = draw(rng, last_number_problem, split)
+        problem = draw(rng, zero_problem, split)
         return {"prompt": problem.question, "answer": problem.value}
 
-    return _unique_rows(n, make, f"choice/{split}")
-
-
-def warmup_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[Row]:
-    """``{"prompt", "response"}`` rows that teach the default task's format but not its answers: half are
-    last-number questions (train problems only) answered with a *randomly chosen* listed digit, half
-    ``Repeat the number 427.`` -> ``427.`` (copying a number from the prompt). The tiny chat model's warm-up
-    (rlhf/models/tiny.py) trains on them beside ``sft_pairs``, so RL starts from a model that answers with one of
-    the numbers shown, right by chance."""
-    rng = _rng(seed, "warmup", split)
-
-    def make() -> Row:
-        if rng.random() < 0.5:
-            number = rng.randint(0, 999)
-            return {"prompt": f"Repeat the number {number}.", "response": f"{number}."}
-        problem = draw(rng, last_number_problem, split)
-        shown = [int(x) for x in problem.question.split(":", 1)[1].rstrip("?").split(",")]
-        return {"prompt": problem.question, "response": f"{rng.choice(shown)}."}
-
-    return _unique_rows(n, make, f"warmup/{split}")
+    return _unique_rows(n, make, f"zero/{split}")
 
 
 def kto_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[Row]:
@@ -648,9 +634,8 @@ SHIPPED_JSONL: dict[str, tuple[Callable[..., list[Row]], int, Split]] = {
     "preference_chat.jsonl": (preference_chat_rows, 400, "train"),
     "prompts/train.jsonl": (prompt_rows, 1000, "train"),
     "prompts/test.jsonl": (prompt_rows, 200, "test"),
-    "choice/train.jsonl": (choice_rows, 800, "train"),
-    "choice/test.jsonl": (choice_rows, 100, "test"),
-    "warmup.jsonl": (warmup_rows, 1600, "train"),
+    "zero/train.jsonl": (zero_rows, 800, "train"),
+    "zero/test.jsonl": (zero_rows, 100, "test"),
     "kto.jsonl": (kto_rows, 800, "train"),
     "prm.jsonl": (prm_rows, 600, "train"),
     "pretrain.jsonl": (pretrain_rows, 400, "train"),

@@ -64,6 +64,8 @@ CHATML_TEMPLATE = (
 )
 
 BUILD_MARKER = "build.json"  # written last inside a build; its presence means the folder is complete
+# Shipped data a warmed model trains on (under rlhf/assets/data); their bytes are part of the cache key.
+WARM_FILES = ("sft_pairs.jsonl",)
 
 
 def _default_corpus() -> Path:
@@ -176,7 +178,8 @@ TINY_SPECS: Mapping[str, TinySpec] = MappingProxyType(
     {
         "llama": TinySpec("llama", {**_COMMON, "intermediate_size": 1280}),
         "qwen2": TinySpec("qwen2", {**_COMMON, "intermediate_size": 1280}),
-        # The llama model after a short chat warm-up: the starting point of the tiny RL runs.
+        # The llama model after a short chat warm-up on the shipped Q&A pairs (WARM_FILES; no zero-rule problem
+        # among them): the starting point of the tiny RL runs.
         "llama_chat": TinySpec("llama", {**_COMMON, "intermediate_size": 1280}, warm_steps=200),
         "mixtral": TinySpec(
             "mixtral",
@@ -237,7 +240,7 @@ def _warm_up(model, tokenizer, steps: int, seed: int, batch: int = 16, lr: float
     import torch
 
     # Single-turn prompt/response rows: short sequences teach the chat format and answer style fastest.
-    rows = [json.loads(line) for line in asset_text("sft_pairs.jsonl").splitlines() if line.strip()]
+    rows = [json.loads(line) for name in WARM_FILES for line in asset_text(name).splitlines() if line.strip()]
     texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}], tokenize=False
@@ -289,15 +292,20 @@ def _sha256_file(path: Path) -> str:
 
 
 def spec_digest(spec: TinySpec, corpus_path: str | Path | None = None) -> str:
-    """Hex digest of everything a build depends on: the spec, the corpus bytes, this module's source and the
-    transformers/tokenizers versions (their file formats change between releases; a cache may be shared)."""
+    """Hex digest of everything a build depends on: the spec, the corpus bytes, the warm-up data (warmed specs),
+    this module's source and the transformers/tokenizers versions (their file formats change between releases;
+    a cache may be shared)."""
     from importlib.metadata import version  # reads package metadata without importing the packages
 
+    from rlhf.data.synthetic import asset_path
+
     corpus = Path(corpus_path) if corpus_path is not None else _default_corpus()
+    warm = {name: _sha256_file(asset_path("data", name)) for name in WARM_FILES} if spec.warm_steps else {}
     payload = json.dumps(
         {
             "spec": spec.to_json(),
             "corpus": _sha256_file(corpus),
+            "warm_data": warm,
             "code": _sha256_file(Path(__file__)),
             "versions": [version("transformers"), version("tokenizers")],
         },

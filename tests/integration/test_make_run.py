@@ -18,6 +18,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Third-party lines a run must not print unless asked to (-v): rlhf/quiet.py.
+NOISE = ("Failed to load weights", "Token authentication is enabled", "Setting accelerator to CPU",
+         "dataset source can be interpreted", "requires_grad", "UserWarning", "FutureWarning",
+         "Writing model shards", "Loading weights", "INFO mlflow")
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -45,7 +50,16 @@ def test_make_run_trains_and_reports(tmp_path):
     assert re.search(r"^\s+rollout/reward_mean\s+-?[\d.]+ ->\s+-?[\d.]+$", text, re.M), text[-3000:]
     held_out = re.search(r"^\s+held-out reward\s+(-?[\d.]+) ->\s+(-?[\d.]+)", text, re.M)
     assert held_out, text[-3000:]
-    assert 0.0 <= float(held_out.group(1)) <= 1.0 and 0.0 <= float(held_out.group(2)) <= 1.0
+    assert 0.0 <= float(held_out.group(1)) <= 1.2 and 0.0 <= float(held_out.group(2)) <= 1.2
+    # The task's accuracy (exact match on the 100 held-out prompts, greedy), start -> end; the reward rises.
+    accuracy = re.search(r"^\s+held-out accuracy\s+([\d.]+) ->\s+([\d.]+)", text, re.M)
+    assert accuracy, text[-3000:]
+    assert all(0.0 <= float(accuracy.group(i)) <= 1.0 for i in (1, 2))
+    assert float(held_out.group(2)) > float(held_out.group(1)), held_out.groups()
+    # What the run said it would do, and nothing from third-party libraries (rlhf/quiet.py).
+    assert re.search(r"^run: 20 steps of 8 prompts x \d+ samples", text, re.M), text[:3000]
+    noise = [line for line in text.splitlines() if any(n in line for n in NOISE)]
+    assert not noise, noise[:10]
     # Where the model went, the MLflow run and how to browse it.
     model = re.search(r"^\s+model\s+(\S+)$", text, re.M)
     assert model and Path(model.group(1)) == out / "final", text[-3000:]
@@ -55,3 +69,22 @@ def test_make_run_trains_and_reports(tmp_path):
     assert re.search(rf"^\s+browse\s+mlflow ui --backend-store-uri {re.escape(uri)}$", text, re.M), text[-3000:]
     logged = MlflowClient(uri).get_run(run.group(1))
     assert logged.info.status == "FINISHED" and logged.data.tags["algo"] == "grpo"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_verbose_shows_what_the_default_hides(tmp_path):
+    """`-v` lets third-party warnings through, in the driver and in the Ray workers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_AUTH_MODE",
+                                                            "RLHF_VERBOSE")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.run", "-v", "algo.max_steps=1", "eval.max_prompts=8", f"output_dir={tmp_path}/out",
+         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/hydra"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=850,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    assert "Token authentication is enabled" in text, text[-3000:]
+    # DeepSpeed names its CPU fallback in the driver and again in each worker process.
+    worker_lines = [line for line in text.splitlines() if "Setting accelerator to CPU" in line and "Worker pid=" in line]
+    assert worker_lines, text[-3000:]
