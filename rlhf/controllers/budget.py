@@ -32,9 +32,11 @@ class WallClock:
         return self.limit is not None and self.elapsed() + self.slowest_step + self.reserve > self.limit
 
     def stop_message(self, done: int, total: int) -> str:
-        return (f"algo.max_time={self.raw} ({self.limit:.0f}s): stopping after step {done} of {total} "
-                f"({self.elapsed():.0f}s used, about {self.slowest_step:.1f}s a step); saving, evaluating and "
-                "finishing normally")
+        return (
+            f"algo.max_time={self.raw} ({self.limit:.0f}s): stopping after step {done} of {total} "
+            f"({self.elapsed():.0f}s used, about {self.slowest_step:.1f}s a step); saving, evaluating and "
+            "finishing normally"
+        )
 
 
 def total_steps(per_epoch: int, epochs: int, max_steps: Optional[int], what: str) -> tuple[int, Optional[str]]:
@@ -43,16 +45,20 @@ def total_steps(per_epoch: int, epochs: int, max_steps: Optional[int], what: str
     if not max_steps or max_steps <= total:
         return (min(total, max_steps) if max_steps else total), None
     loops = math.ceil(max_steps / per_epoch)
-    return max_steps, (f"algo.max_steps={max_steps} is more than algo.epochs={epochs} give ({total} steps of "
-                       f"{per_epoch} per epoch over the {what}): looping over the data {loops} times")
+    return max_steps, (
+        f"algo.max_steps={max_steps} is more than algo.epochs={epochs} give ({total} steps of "
+        f"{per_epoch} per epoch over the {what}): looping over the data {loops} times"
+    )
 
 
 def describe(total: int, per_step: str, per_epoch: int, clock: WallClock, eval_every: int, eval_prompts: int) -> str:
     """One line: what the run will do."""
     epochs = total / per_epoch if per_epoch else 0.0
     parts = [f"run: {total} steps of {per_step} ({epochs:.3g} epoch(s))"]
-    parts.append(f"held-out evaluation on {eval_prompts} prompt(s) at the start, the end"
-                 + (f" and every {eval_every} steps" if eval_every else ""))
+    parts.append(
+        f"held-out evaluation on {eval_prompts} prompt(s) at the start, the end"
+        + (f" and every {eval_every} steps" if eval_every else "")
+    )
     if clock.limit is not None:
         parts.append(f"time limit {clock.limit:.0f}s (algo.max_time={clock.raw})")
     return "; ".join(parts)

@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 TRAINED_ROLES = {"actor": "policy", "critic": "critic"}
 
 
-def save_checkpoint(roles: dict, output_dir: Path, step: int, *, algo: str, model: str, state: dict,
-                    keep: int) -> Path:
+def save_checkpoint(roles: dict, output_dir: Path, step: int, *, algo: str, model: str, state: dict, keep: int) -> Path:
     """Checkpoint every trained role and the driver state at ``step``; returns the published directory."""
     root = Path(output_dir) / "checkpoints"
     final = root / ck.step_dir_name(step)
@@ -47,9 +46,12 @@ def save_checkpoint(roles: dict, output_dir: Path, step: int, *, algo: str, mode
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(root).free
         if free < 64 * 2**20 or "No space left" in str(e) or "unexpected pos" in str(e):
-            raise OSError(28, f"saving the step-{step} checkpoint in {root} failed: the disk is full "
-                              f"({free / 2**20:.0f} MiB free). The previous checkpoint is intact; free space, lower "
-                              "algo.keep_checkpoints, or point output_dir at a larger disk, then resume") from e
+            raise OSError(
+                28,
+                f"saving the step-{step} checkpoint in {root} failed: the disk is full "
+                f"({free / 2**20:.0f} MiB free). The previous checkpoint is intact; free space, lower "
+                "algo.keep_checkpoints, or point output_dir at a larger disk, then resume",
+            ) from e
         raise
     return final
 
@@ -62,18 +64,24 @@ def resume_checkpoint(roles: dict, output_dir: Path, *, algo: str, model: str) -
         print(f"resume: skipping damaged checkpoint {reason}")
     if latest is None:
         if skipped:
-            raise RuntimeError(f"no intact checkpoint in {Path(output_dir) / 'checkpoints'}: " + "; ".join(skipped)
-                               + ". Delete the damaged ones to start over, or resume=false")
+            raise RuntimeError(
+                f"no intact checkpoint in {Path(output_dir) / 'checkpoints'}: "
+                + "; ".join(skipped)
+                + ". Delete the damaged ones to start over, or resume=false"
+            )
         return None
     state = ck.read_state(latest)
     saved = state.get("algo")
     if saved != algo:
-        raise RuntimeError(f"{latest} holds a {saved} run, this is algo={algo}: resume it with algo={saved} or "
-                           "start a new output_dir")
+        raise RuntimeError(
+            f"{latest} holds a {saved} run, this is algo={algo}: resume it with algo={saved} or start a new output_dir"
+        )
     # Checkpoints written before the model was recorded carry no "model": nothing to compare.
     if state.get("model", model) != model:
-        raise RuntimeError(f"{latest} holds a run of model {state['model']}, this is model.name_or_path={model}: "
-                           f"resume it with model.name_or_path={state['model']} or start a new output_dir")
+        raise RuntimeError(
+            f"{latest} holds a run of model {state['model']}, this is model.name_or_path={model}: "
+            f"resume it with model.name_or_path={state['model']} or start a new output_dir"
+        )
     missing = [n for n in TRAINED_ROLES if n in roles and not (latest / TRAINED_ROLES[n]).is_dir()]
     if missing:
         raise RuntimeError(

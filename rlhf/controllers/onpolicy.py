@@ -39,19 +39,29 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
     train_ds = build_dataset("prompt", cfg.data, tokenizer, "train", seed=cfg.seed)
     eval_ds = build_dataset("prompt", cfg.data, tokenizer, "eval", seed=cfg.seed)
     print(f"data: {train_ds.summary()}")
-    steps_per_epoch, _ = step_counts(len(train_ds), a.prompts_per_step, a.epochs, a.max_steps,
-                                     key="algo.prompts_per_step", what="prompts")
+    steps_per_epoch, _ = step_counts(
+        len(train_ds), a.prompts_per_step, a.epochs, a.max_steps, key="algo.prompts_per_step", what="prompts"
+    )
     total, note = total_steps(steps_per_epoch, a.epochs, a.max_steps, f"{len(train_ds)} prompts")
     clock = WallClock(a.max_time, started=t0)
     eval_prompts = len(eval_ds) if cfg.eval.max_prompts is None else min(cfg.eval.max_prompts, len(eval_ds))
-    print(describe(total, f"{a.prompts_per_step} prompts x {a.samples_per_prompt} samples", steps_per_epoch, clock,
-                   a.eval_every, eval_prompts))
+    print(
+        describe(
+            total,
+            f"{a.prompts_per_step} prompts x {a.samples_per_prompt} samples",
+            steps_per_epoch,
+            clock,
+            a.eval_every,
+            eval_prompts,
+        )
+    )
     if note:
         print(f"note: {note}")
     roles = _start_roles(cfg, plan, total * plan.updates_per_step, output_dir)
     rewards = _reward_sources(cfg, roles)
-    kl_ctl = build_kl_controller("adaptive" if a.kl_target else "fixed", coef=a.kl_coef, target=a.kl_target,
-                                 horizon=a.kl_horizon)
+    kl_ctl = build_kl_controller(
+        "adaptive" if a.kl_target else "fixed", coef=a.kl_coef, target=a.kl_target, horizon=a.kl_horizon
+    )
     loop = _Loop(cfg, plan, tokenizer, roles, rewards, kl_ctl, rollout=build_rollout(cfg, plan, roles, tokenizer))
     first: dict = {}
     last: dict = {}
@@ -74,8 +84,10 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
             stats = loop.step(rows, step)
             clock.record(time.time() - tic)
             if step == start and total - start > 1:
-                print(f"step {step + 1} took {clock.slowest_step:.1f}s: about {clock.slowest_step * (total - done - 1):.0f}s "
-                      "of training to go")
+                print(
+                    f"step {step + 1} took {clock.slowest_step:.1f}s: about {clock.slowest_step * (total - done - 1):.0f}s "
+                    "of training to go"
+                )
             done = step + 1
             tracker.log_metrics(stats, step + 1)
             first = first or stats
@@ -99,8 +111,13 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
             evals.update(_peak_memory(roles))
         tracker.log_metrics(evals, total)
         evals_all = {**{k.replace("eval/", "eval/start_"): v for k, v in evals_start.items()}, **evals}
-        run_info = {"algo": a.name, "steps": total, "model": cfg.model.name_or_path, "mlflow_run_id": tracker.run_id,
-                    "mlflow_tracking_uri": tracker.uri}
+        run_info = {
+            "algo": a.name,
+            "steps": total,
+            "model": cfg.model.name_or_path,
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": tracker.uri,
+        }
         model_dir = roles["actor"].run("save_model", str(output_dir / "final"), run_info)[0]
         for g in roles.values():
             g.run("close")
@@ -110,8 +127,14 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
         for g in roles.values():
             g.shutdown()
     return RunResult(
-        algo=a.name, steps=total, model_dir=model_dir, first=first, last=last, eval=evals_all,
-        wall_s=time.time() - t0, objective=("eval/reward_mean", evals.get("eval/reward_mean", 0.0)),
+        algo=a.name,
+        steps=total,
+        model_dir=model_dir,
+        first=first,
+        last=last,
+        eval=evals_all,
+        wall_s=time.time() - t0,
+        objective=("eval/reward_mean", evals.get("eval/reward_mean", 0.0)),
     )
 
 
@@ -132,8 +155,16 @@ def _start_roles(cfg, plan: Plan, total_updates: int, output_dir: Path) -> dict:
     from rlhf.workers.reward_model import RewardModelWorker
     from rlhf.workers.spec import RoleSpec
 
-    spec = RoleSpec(algo=cfg.algo, model=cfg.model, engine=cfg.engine, rollout=cfg.rollout, plan=plan,
-                    output_dir=str(output_dir), total_updates=total_updates, placement_mode=cfg.placement.mode)
+    spec = RoleSpec(
+        algo=cfg.algo,
+        model=cfg.model,
+        engine=cfg.engine,
+        rollout=cfg.rollout,
+        plan=plan,
+        output_dir=str(output_dir),
+        total_updates=total_updates,
+        placement_mode=cfg.placement.mode,
+    )
     pools: dict = {}
 
     def group(role_name, cls, args):
@@ -143,8 +174,9 @@ def _start_roles(cfg, plan: Plan, total_updates: int, output_dir: Path) -> dict:
             if rp.pool not in pools:
                 pools[rp.pool] = make_placement_group(rp.num_workers, 1.0)
             pg = pools[rp.pool]
-        return ActorGroup(role_name, cls, rp.num_workers, gpus_per_worker=rp.gpus_per_worker, args=args,
-                          placement_group=pg)
+        return ActorGroup(
+            role_name, cls, rp.num_workers, gpus_per_worker=rp.gpus_per_worker, args=args, placement_group=pg
+        )
 
     roles = {"actor": group("actor", PolicyWorker, (spec,))}
     if plan.reference:
@@ -154,16 +186,23 @@ def _start_roles(cfg, plan: Plan, total_updates: int, output_dir: Path) -> dict:
     for name, src in cfg.reward.sources.items():
         if src.kind == "model":
             roles[f"reward.{name}"] = group(
-                f"reward.{name}", RewardModelWorker,
+                f"reward.{name}",
+                RewardModelWorker,
                 (cfg.model, src.path, plan.dtype, plan.device, src.batch_size),
             )
     if uses_separate_engines(cfg.rollout, cfg.placement.mode):
         # Nothing else shares a separate engine's GPU: sleeping would only add wake-up time. Each engine
         # offsets the seed by its rank.
-        options = engine_options(plan, cfg.rollout, seed=plan.rank_seed("rollout", 0),
-                                 tensor_parallel_size=cfg.rollout.tensor_parallel_size, enable_sleep=False)
-        roles["rollout"] = group("rollout", separate_worker_class(cfg.rollout),
-                                 (resolve_path(cfg.model.name_or_path), options))
+        options = engine_options(
+            plan,
+            cfg.rollout,
+            seed=plan.rank_seed("rollout", 0),
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            enable_sleep=False,
+        )
+        roles["rollout"] = group(
+            "rollout", separate_worker_class(cfg.rollout), (resolve_path(cfg.model.name_or_path), options)
+        )
     # Set up every role at once: model loading overlaps across processes.
     pending = []
     for name, g in roles.items():
@@ -214,7 +253,7 @@ class _GroupScorer:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         n = len(self.group)
         size = -(-len(texts) // n)
-        parts = [texts[i * size:(i + 1) * size] for i in range(n)]
+        parts = [texts[i * size : (i + 1) * size] for i in range(n)]
         outs = self.group.run("score", per_rank=[(p,) for p in parts])
         return torch.cat(outs)
 
@@ -241,7 +280,14 @@ class _Loop:
     def __init__(self, cfg, plan: Plan, tokenizer, roles: dict, rewards, kl_ctl, rollout):
         from rlhf.algos.shaping import RunningMeanStd
 
-        self.cfg, self.plan, self.tok, self.roles, self.rewards, self.kl_ctl = cfg, plan, tokenizer, roles, rewards, kl_ctl
+        self.cfg, self.plan, self.tok, self.roles, self.rewards, self.kl_ctl = (
+            cfg,
+            plan,
+            tokenizer,
+            roles,
+            rewards,
+            kl_ctl,
+        )
         self.a = cfg.algo
         self.reward_stats = RunningMeanStd()
         self.world = len(roles["actor"])
@@ -279,8 +325,9 @@ class _Loop:
 
         a = self.a
         if a.overlong_buffer > 0:
-            scores = scores + overlong_penalty(mask.sum(-1), self.cfg.rollout.max_new_tokens, a.overlong_buffer,
-                                               a.overlong_penalty)
+            scores = scores + overlong_penalty(
+                mask.sum(-1), self.cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty
+            )
         if a.reward_clip is not None:
             scores = clip_rewards(scores, -a.reward_clip, a.reward_clip)
         if a.normalize_reward:
@@ -292,10 +339,15 @@ class _Loop:
         """Policy, reference and critic passes over the rollout, run concurrently, each role on its own ranks.
         Returns old log-probs [N, R], reference log-probs [N, R] or None, values [N, R] or None."""
         tic = time.time()
-        calls = [(name, method) for name, method in (("actor", "logps"), ("ref", "logps"), ("critic", "values"))
-                 if name in self.roles]
-        refs = {name: self.roles[name].submit(method, per_rank=[(s,) for s in batch.split(len(self.roles[name]))])
-                for name, method in calls}
+        calls = [
+            (name, method)
+            for name, method in (("actor", "logps"), ("ref", "logps"), ("critic", "values"))
+            if name in self.roles
+        ]
+        refs = {
+            name: self.roles[name].submit(method, per_rank=[(s,) for s in batch.split(len(self.roles[name]))])
+            for name, method in calls
+        }
         out = {}
         for name, method in calls:
             out[name] = torch.cat(self.roles[name].wait(refs[name], method))
@@ -322,13 +374,28 @@ class _Loop:
         coef = self.kl_ctl.value
         in_reward = a.kl_in == "reward"
         adv, ret = compute_advantages(
-            a.advantage, scores=scores, mask=train_mask, kl=kl if in_reward else None,
-            kl_coef=coef if in_reward else 0.0, values=values, group_size=a.samples_per_prompt, gamma=a.gamma,
+            a.advantage,
+            scores=scores,
+            mask=train_mask,
+            kl=kl if in_reward else None,
+            kl_coef=coef if in_reward else 0.0,
+            values=values,
+            group_size=a.samples_per_prompt,
+            gamma=a.gamma,
             lam=a.lam,
         )
-        exp = Experience(sequences=batch.sequences, attention_mask=batch.attention_mask,
-                         action_mask=train_mask.long(), old_logps=old, advantages=adv * train_mask, returns=ret,
-                         prompt_len=batch.prompt_len, kl_coef=coef, ref_logps=ref, old_values=values)
+        exp = Experience(
+            sequences=batch.sequences,
+            attention_mask=batch.attention_mask,
+            action_mask=train_mask.long(),
+            old_logps=old,
+            advantages=adv * train_mask,
+            returns=ret,
+            prompt_len=batch.prompt_len,
+            kl_coef=coef,
+            ref_logps=ref,
+            old_values=values,
+        )
         stats = {
             "rollout/kl": float(masked_mean(kl, mask)) if kl is not None else 0.0,
             "rollout/kl_coef": coef,
@@ -346,15 +413,24 @@ class _Loop:
 
         a = self.a
         max_len = self.cfg.rollout.max_new_tokens if a.loss_agg == "seq_mean_token_sum_norm" else None
-        minis = minibatches(exp, train_batch_samples=self.plan.train_batch_samples, update_epochs=a.update_epochs,
-                            seed=self.cfg.seed * 31 + step, max_len=max_len)
+        minis = minibatches(
+            exp,
+            train_batch_samples=self.plan.train_batch_samples,
+            update_epochs=a.update_epochs,
+            seed=self.cfg.seed * 31 + step,
+            max_len=max_len,
+        )
         # Entropy is a pass over the vocabulary: logged every algo.log_every steps (always part of its loss).
         log_entropy = a.log_every <= 1 or (step + 1) % a.log_every == 0
-        refs = {"actor": self.roles["actor"].submit(
-            "train", per_rank=[(m, log_entropy) for m in per_rank(minis, len(self.roles["actor"]))])}
+        refs = {
+            "actor": self.roles["actor"].submit(
+                "train", per_rank=[(m, log_entropy) for m in per_rank(minis, len(self.roles["actor"]))]
+            )
+        }
         if "critic" in self.roles:
             refs["critic"] = self.roles["critic"].submit(
-                "train", per_rank=[(m,) for m in per_rank(minis, len(self.roles["critic"]))])
+                "train", per_rank=[(m,) for m in per_rank(minis, len(self.roles["critic"]))]
+            )
         stats: dict = {}
         for name, r in refs.items():
             stats.update(combine_rank_metrics(self.roles[name].wait(r, "train")))
@@ -403,7 +479,9 @@ class _Loop:
         batch, info = self.rollout.generate(prompts, seed=seed, greedy=greedy)
         info["rollout/truncated_fraction"] = sum(f == "length" for f in batch.finish_reason) / max(len(batch), 1)
         self.gen_info = info
-        texts = [r.get("text") or self.tok.decode(r["input_ids"], skip_special_tokens=False) for r in rows for _ in range(n)]
+        texts = [
+            r.get("text") or self.tok.decode(r["input_ids"], skip_special_tokens=False) for r in rows for _ in range(n)
+        ]
         field_names = set().union(*[set(r.get("fields", {}) or {}) for r in rows]) if rows else set()
         fields = {k: [(r.get("fields") or {}).get(k) for r in rows for _ in range(n)] for k in field_names}
         return batch.trimmed(), texts, fields
@@ -431,24 +509,42 @@ class _Loop:
         diff = (batch.rollout_logps - trainer).abs() * mask
         agree = ((top - trainer) <= atol).float()
         p = batch.prompt_len
-        records = [{"prompt_ids": s[:p][a[:p].bool()].tolist(), "response_ids": s[p:][m.bool()].tolist(),
-                    "engine_logps": lp[m.bool()].tolist(), "trainer_logps": tl[m.bool()].tolist()}
-                   for s, a, m, lp, tl in zip(batch.sequences, batch.attention_mask, batch.action_mask,
-                                              batch.rollout_logps, trainer)]
+        records = [
+            {
+                "prompt_ids": s[:p][a[:p].bool()].tolist(),
+                "response_ids": s[p:][m.bool()].tolist(),
+                "engine_logps": lp[m.bool()].tolist(),
+                "trainer_logps": tl[m.bool()].tolist(),
+            }
+            for s, a, m, lp, tl in zip(
+                batch.sequences, batch.attention_mask, batch.action_mask, batch.rollout_logps, trainer
+            )
+        ]
         (Path(output_dir) / "rollout_check.json").write_text(json.dumps(records))
-        return {"check/greedy_agreement": float(masked_mean(agree, mask)),
-                "check/logprob_max_abs_diff": float(diff.max()),
-                "check/logprob_mean_abs_diff": float(masked_mean(diff, mask))}
+        return {
+            "check/greedy_agreement": float(masked_mean(agree, mask)),
+            "check/logprob_max_abs_diff": float(diff.max()),
+            "check/logprob_mean_abs_diff": float(masked_mean(diff, mask)),
+        }
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save(self, output_dir: Path, step: int) -> Path:
         """Training state of the trained roles plus the driver's adaptive state (rlhf/controllers/checkpoints.py)."""
         from rlhf.controllers.checkpoints import save_checkpoint
 
-        state = {"kl_coef": self.kl_ctl.value,
-                 "reward_stats": [self.reward_stats.count, self.reward_stats.mean, self.reward_stats.m2]}
-        return save_checkpoint(self.roles, output_dir, step, algo=self.a.name, model=self.cfg.model.name_or_path,
-                               state=state, keep=self.a.keep_checkpoints)
+        state = {
+            "kl_coef": self.kl_ctl.value,
+            "reward_stats": [self.reward_stats.count, self.reward_stats.mean, self.reward_stats.m2],
+        }
+        return save_checkpoint(
+            self.roles,
+            output_dir,
+            step,
+            algo=self.a.name,
+            model=self.cfg.model.name_or_path,
+            state=state,
+            keep=self.a.keep_checkpoints,
+        )
 
     def resume(self, output_dir: Path) -> int:
         """Load the newest checkpoint under output_dir, if any; returns the step to continue from."""
@@ -479,7 +575,15 @@ class _Loop:
             batch, _, _ = self._rollout(rows, sampling.n, seed=sampling.seed, greedy=sampling.greedy)
             lengths = batch.action_mask.sum(-1).tolist()
             done = [Completion(t, int(n), f) for t, n, f in zip(self._decode(batch), lengths, batch.finish_reason)]
-            return [done[i * sampling.n:(i + 1) * sampling.n] for i in range(len(rows))]
+            return [done[i * sampling.n : (i + 1) * sampling.n] for i in range(len(rows))]
 
-        return evaluate(rows, generate, self.rewards, e, max_new_tokens=ro.max_new_tokens,
-                        temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k).metrics
+        return evaluate(
+            rows,
+            generate,
+            self.rewards,
+            e,
+            max_new_tokens=ro.max_new_tokens,
+            temperature=ro.temperature,
+            top_p=ro.top_p,
+            top_k=ro.top_k,
+        ).metrics

@@ -126,9 +126,10 @@ def check_free_space(ckpt_root: Path, step: int) -> None:
     free = shutil.disk_usage(root).free
     if free < need * 1.05:
         raise OSError(
-            28, f"not enough disk space for the step-{step} checkpoint in {root}: the last one took "
+            28,
+            f"not enough disk space for the step-{step} checkpoint in {root}: the last one took "
             f"{need / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are free; free space, lower algo.keep_checkpoints, "
-            "or point output_dir at a larger disk"
+            "or point output_dir at a larger disk",
         )
 
 

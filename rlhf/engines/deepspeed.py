@@ -85,14 +85,31 @@ class TrainEngine:
     ranks are that role's own (a critic on 4 GPUs next to an actor on 8 accumulates twice as much)."""
 
     @classmethod
-    def for_role(cls, model, role, *, train: TrainConfig, engine: EngineConfig, dtype: str, total_steps: int,
-                 lr: Optional[float] = None) -> TrainEngine:
+    def for_role(
+        cls,
+        model,
+        role,
+        *,
+        train: TrainConfig,
+        engine: EngineConfig,
+        dtype: str,
+        total_steps: int,
+        lr: Optional[float] = None,
+    ) -> TrainEngine:
         """The engine of a trained role; ``role`` is its ``rlhf.plan.RolePlan``."""
         if not role.grad_accum:
             raise ValueError(f"role {role.role} has no training batch in the plan (grad_accum=0): it is frozen")
-        return cls(model, train=train, engine=engine, micro_batch=role.micro_batch_per_gpu,
-                   grad_accum=role.grad_accum, world_size=role.dp_ranks, dtype=dtype, total_steps=total_steps,
-                   lr=lr)
+        return cls(
+            model,
+            train=train,
+            engine=engine,
+            micro_batch=role.micro_batch_per_gpu,
+            grad_accum=role.grad_accum,
+            world_size=role.dp_ranks,
+            dtype=dtype,
+            total_steps=total_steps,
+            lr=lr,
+        )
 
     def __init__(
         self,
@@ -122,7 +139,8 @@ class TrainEngine:
         # Empty groups are left out: DeepSpeed drops them from the optimizer, and a LambdaLR built with one
         # lambda per group then fails at its first step (LoRA trains only matrices, so no_decay is empty).
         groups = [
-            g for g in ({"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            g
+            for g in ({"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
             if g["params"]
         ]
         base_lr = lr if lr is not None else train.lr
@@ -272,8 +290,15 @@ def build_frozen(model, *, engine: EngineConfig, world_size: int, dtype: str, mi
         return model.to(device)
     import deepspeed
 
-    config = ds_config(engine, micro_batch=micro_batch, grad_accum=1, world_size=world_size, dtype=dtype,
-                       max_grad_norm=1.0, train=False)
+    config = ds_config(
+        engine,
+        micro_batch=micro_batch,
+        grad_accum=1,
+        world_size=world_size,
+        dtype=dtype,
+        max_grad_norm=1.0,
+        train=False,
+    )
     eng, *_ = deepspeed.initialize(model=model, config=config)
     eng.eval()
     return eng

@@ -24,8 +24,9 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: str,
-                     timeout_s: float = 600.0) -> None:
+def init_distributed(
+    rank: int, world_size: int, master_addr: str, master_port: int, device: str, timeout_s: float = 600.0
+) -> None:
     """Join the role's process group. DeepSpeed reads these variables (else it looks for MPI)."""
     import torch
     import torch.distributed as dist

@@ -112,8 +112,9 @@ def verify_digests(root: Path, progress: Optional[Callable[[str], None]] = None)
             raise DamagedCheckpointError(f"{path} is missing from the checkpoint (it was saved with it)")
         size = path.stat().st_size
         if size != want["bytes"]:
-            raise DamagedCheckpointError(f"{path} has {size} bytes, {want['bytes']} were saved: it is truncated or "
-                                         "was rewritten")
+            raise DamagedCheckpointError(
+                f"{path} has {size} bytes, {want['bytes']} were saved: it is truncated or was rewritten"
+            )
         if _sha256(path) != want["sha256"]:
             raise DamagedCheckpointError(f"{path} does not match the digest written at save: its contents changed")
         if progress:

@@ -76,19 +76,20 @@ class WeightSyncGroup:
     Ray tasks before the trainer's side, or both at once.
     """
 
-    def __init__(self, master_addr: str, port: int, rank: int, world_size: int, backend: str,
-                 timeout_s: float = 600.0):
+    def __init__(self, master_addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 600.0):
         import torch.distributed as dist
 
         if backend not in SYNC_BACKENDS:
-            raise ValueError(f"weight-sync backend {backend!r} is not one of {SYNC_BACKENDS} "
-                             "(nccl between GPUs, gloo on CPU)")
+            raise ValueError(
+                f"weight-sync backend {backend!r} is not one of {SYNC_BACKENDS} (nccl between GPUs, gloo on CPU)"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"weight-sync rank {rank} is outside the group of {world_size} ranks")
         timeout = timedelta(seconds=timeout_s)
         self.rank, self.world_size, self.backend = rank, world_size, backend
-        self._store = dist.TCPStore(master_addr, port, world_size, is_master=rank == 0, timeout=timeout,
-                                    wait_for_workers=False)
+        self._store = dist.TCPStore(
+            master_addr, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+        )
         store = dist.PrefixStore("rlhf-weight-sync", self._store)
         if backend == "gloo":
             self._backend = dist.ProcessGroupGloo(store, rank, world_size, timeout)
@@ -115,15 +116,17 @@ class WeightSyncGroup:
         self._store = None
 
 
-def weight_specs(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
-                 ) -> list[WeightSpec]:
+def weight_specs(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
+) -> list[WeightSpec]:
     """``(name, dtype name, shape)`` of each tensor, in order; ``dtype`` overrides the tensors' dtype (the
     wire dtype ``broadcast_weights`` will cast to)."""
     return [(name, str(dtype or t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in named_tensors]
 
 
-def broadcast_weights(group: WeightSyncGroup, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                      dtype: torch.dtype | None = None) -> int:
+def broadcast_weights(
+    group: WeightSyncGroup, named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
+) -> int:
     """Trainer side: broadcast each tensor from rank 0, in the order given to ``weight_specs``.
 
     Tensors are moved to the group's device and cast to ``dtype`` (e.g. the engines' bf16) first.
@@ -172,8 +175,9 @@ def _worker_load_weights(worker: Any, named_tensors: Iterable[tuple[str, torch.T
         worker.model_runner.model.load_weights(weights=weights)
 
 
-def _worker_init_weight_sync(worker: Any, master_addr: str, port: int, rank_offset: int, world_size: int,
-                             backend: str, timeout_s: float) -> int:
+def _worker_init_weight_sync(
+    worker: Any, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float
+) -> int:
     rank = rank_offset + worker.rank
     setattr(worker, _WORKER_GROUP_ATTR, WeightSyncGroup(master_addr, port, rank, world_size, backend, timeout_s))
     return rank
@@ -245,10 +249,20 @@ class VLLMEngine:
     (``VLLM_CPU_KVCACHE_SPACE``, unless already set).
     """
 
-    def __init__(self, model_path: str | Path, *, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, enable_sleep: bool = True, enforce_eager: bool = False,
-                 seed: int = 0, max_model_len: int | None = None, device: str = "auto",
-                 cpu_kv_cache_gib: int = 1):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        enable_sleep: bool = True,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        max_model_len: int | None = None,
+        device: str = "auto",
+        cpu_kv_cache_gib: int = 1,
+    ):
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
             raise RuntimeError(
                 "VLLM_ENABLE_V1_MULTIPROCESSING is set to "
@@ -281,8 +295,10 @@ class VLLMEngine:
             # Log-probs of the temperature-scaled distribution the token was drawn from (module notes).
             options["logprobs_mode"] = "processed_logprobs"
         else:
-            logger.warning("this vLLM has no logprobs_mode: its log-probs are of the untempered logits, so "
-                           "rollout log-probs match the trainer's only at temperature 1 (or 0)")
+            logger.warning(
+                "this vLLM has no logprobs_mode: its log-probs are of the untempered logits, so "
+                "rollout log-probs match the trainer's only at temperature 1 (or 0)"
+            )
         self.llm = LLM(
             model=str(model_path),
             dtype=dtype,
@@ -300,9 +316,18 @@ class VLLMEngine:
 
     # -- generation -----------------------------------------------------------------------------------------
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = -1, max_new_tokens: int = 64, ignore_eos: bool = False,
-                 stop_token_ids: Sequence[int] | None = None) -> list[Generation]:
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        max_new_tokens: int = 64,
+        ignore_eos: bool = False,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> list[Generation]:
         """Sample ``n`` responses per prompt; prompt i's samples are at ``[i * n, (i + 1) * n)``.
 
         ``temperature=0`` decodes greedily (then the ``n`` samples are identical). ``top_k=-1`` and
@@ -312,18 +337,25 @@ class VLLMEngine:
 
         self._check_ready("generate")
         if n < 1 or max_new_tokens < 1:
-            raise ValueError(f"generate needs n >= 1 and max_new_tokens >= 1, got n={n}, "
-                             f"max_new_tokens={max_new_tokens}")
+            raise ValueError(
+                f"generate needs n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}"
+            )
         greedy = temperature == 0.0
         # vLLM refuses n > 1 with greedy decoding; repeat the prompt instead (the prefix cache shares it).
         per_request = 1 if greedy else n
         copies = n if greedy else 1
         extra = {"flat_logprobs": True} if self._flat_logprobs else {}  # flat lists: less Python overhead
         params = SamplingParams(
-            n=per_request, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
-            ignore_eos=ignore_eos, stop_token_ids=list(stop_token_ids or []),
+            n=per_request,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_new_tokens,
+            ignore_eos=ignore_eos,
+            stop_token_ids=list(stop_token_ids or []),
             logprobs=0,  # the sampled token's log-prob only
-            detokenize=False, **extra,
+            detokenize=False,
+            **extra,
         )
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids for _ in range(copies)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -337,8 +369,9 @@ class VLLMEngine:
                         f"vLLM returned {len(logprobs)} log-probs for {len(token_ids)} tokens; "
                         "logprobs=0 should give one per token (vLLM version change?)"
                     )
-                generations.append(Generation(request_index // copies, token_ids, logprobs,
-                                              str(completion.finish_reason)))
+                generations.append(
+                    Generation(request_index // copies, token_ids, logprobs, str(completion.finish_reason))
+                )
         return generations
 
     # -- sleep mode -----------------------------------------------------------------------------------------
@@ -388,12 +421,14 @@ class VLLMEngine:
         self.llm.collective_rpc(_worker_load_weights, args=(named_tensors,))
         self._after_weight_update()
 
-    def init_weight_sync(self, master_addr: str, port: int, rank: int, world_size: int, backend: str,
-                         timeout_s: float = 600.0) -> list[int]:
+    def init_weight_sync(
+        self, master_addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 600.0
+    ) -> list[int]:
         """Join the trainer's weight-sync group; this engine's workers take ranks ``rank .. rank + tp - 1``.
         Returns those ranks."""
-        return self.llm.collective_rpc(_worker_init_weight_sync,
-                                       args=(master_addr, port, rank, world_size, backend, timeout_s))
+        return self.llm.collective_rpc(
+            _worker_init_weight_sync, args=(master_addr, port, rank, world_size, backend, timeout_s)
+        )
 
     def receive_weights(self, specs: Sequence[WeightSpec]) -> None:
         """Receive one broadcast of ``specs`` (``weight_specs`` order) from trainer rank 0 and load it."""
@@ -429,8 +464,9 @@ class VLLMEngine:
         if self._asleep:
             raise RuntimeError(f"{what} while asleep ({sorted(self._asleep)} released): call wake_up() first")
         if self._weights_discarded:
-            raise RuntimeError(f"{what} after sleep(level=2) discarded the weights: call update_weights "
-                               "or receive_weights first")
+            raise RuntimeError(
+                f"{what} after sleep(level=2) discarded the weights: call update_weights or receive_weights first"
+            )
 
     def _check_weights_resident(self, what: str) -> None:
         if self.llm is None:

@@ -140,8 +140,13 @@ def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
         kl_ref = (total - ref_total).mean().clamp(min=0)
     desirable = batch["labels"].bool()
     out = kto_loss(
-        total, ref_total, desirable, kl_ref,
-        beta=algo.beta, desirable_weight=algo.desirable_weight, undesirable_weight=algo.undesirable_weight,
+        total,
+        ref_total,
+        desirable,
+        kl_ref,
+        beta=algo.beta,
+        desirable_weight=algo.desirable_weight,
+        undesirable_weight=algo.undesirable_weight,
     )
     per_sample, rewards = out[0], out[1]
     loss = per_sample.sum() / counts.samples

@@ -19,12 +19,19 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logps(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                   temperature: float = 1.0, with_entropy: bool = False):
+def response_logps(
+    model,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
     """Log-probs [B, R] of the response tokens (and their entropy [B, R] when asked)."""
-    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                use_cache=False)
-    logits = out.logits[:, prompt_len - 1:-1]
+    out = model(
+        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+    )
+    logits = out.logits[:, prompt_len - 1 : -1]
     labels = sequences[:, prompt_len:]
     logps = token_logprobs(logits, labels, temperature=temperature)
     ent: Optional[torch.Tensor] = None
@@ -36,9 +43,10 @@ def response_logps(model, sequences: torch.Tensor, attention_mask: torch.Tensor,
 
 def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Critic values [B, R] of the states before each response token (token-classification head, 1 label)."""
-    out = critic(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                 use_cache=False)
-    return out.logits[:, prompt_len - 1:-1, 0].float()
+    out = critic(
+        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+    )
+    return out.logits[:, prompt_len - 1 : -1, 0].float()
 
 
 def action_mask_from(response: torch.Tensor, eos_ids: set[int], pad_id: int) -> torch.Tensor:
@@ -64,7 +72,7 @@ def split_rows(batch: dict, parts: int) -> list[dict]:
     for i in range(parts):
         shard = {}
         for k, v in batch.items():
-            shard[k] = v[i * size:(i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v
+            shard[k] = v[i * size : (i + 1) * size] if isinstance(v, (torch.Tensor, list)) else v
         out.append(shard)
     return out
 

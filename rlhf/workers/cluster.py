@@ -8,8 +8,9 @@ import os
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | None = None,
-               cpu_processes: int = 1) -> None:
+def ensure_ray(
+    *, num_gpus: int, namespace: str | None = None, num_cpus: int | None = None, cpu_processes: int = 1
+) -> None:
     """Join $RAY_ADDRESS when set (a Slurm or standing cluster), else start a local one sized for the run.
 
     Locally, logical CPUs are over-provisioned (roles mostly wait on each other), so a 2-core laptop can host
@@ -27,8 +28,15 @@ def ensure_ray(*, num_gpus: int, namespace: str | None = None, num_cpus: int | N
     }
     if num_gpus == 0:
         env_vars["RLHF_CPU_THREADS"] = str(max(1, (os.cpu_count() or 2) // max(cpu_processes, 1)))
-    for key in ("RLHF_CACHE", "HF_HOME", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES",
-                "RLHF_VERBOSE", "VLLM_LOGGING_LEVEL"):
+    for key in (
+        "RLHF_CACHE",
+        "HF_HOME",
+        "TORCH_EXTENSIONS_DIR",
+        "HF_HUB_OFFLINE",
+        "CUDA_VISIBLE_DEVICES",
+        "RLHF_VERBOSE",
+        "VLLM_LOGGING_LEVEL",
+    ):
         if key in os.environ:
             env_vars[key] = os.environ[key]
     runtime_env = {"env_vars": env_vars}

@@ -41,8 +41,11 @@ class ActorGroup:
             # Roles sharing a GPU bundle ({"GPU": 1, "CPU": 1}) split its CPU as they split the GPU; a whole
             # CPU each would leave the second role unschedulable inside the bundle (a silent wait).
             shared = placement_group is not None and 0 < gpus_per_worker < 1
-            opts: dict[str, Any] = {"num_cpus": gpus_per_worker if shared else 1, "num_gpus": gpus_per_worker,
-                                    "name": None}
+            opts: dict[str, Any] = {
+                "num_cpus": gpus_per_worker if shared else 1,
+                "num_gpus": gpus_per_worker,
+                "name": None,
+            }
             if placement_group is not None:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=bundle_offset + rank

@@ -11,7 +11,12 @@ class RewardModelWorker(RankWorker):
     def __init__(self, rank: int, world_size: int, model_cfg, path: str, dtype: str, device: str, batch_size: int):
         super().__init__(rank, world_size)
         self.model_cfg, self.path, self.dtype, self.device_kind, self.batch_size = (
-            model_cfg, path, dtype, device, batch_size)
+            model_cfg,
+            path,
+            dtype,
+            device,
+            batch_size,
+        )
 
     def setup(self) -> dict:
         from dataclasses import replace
@@ -23,10 +28,12 @@ class RewardModelWorker(RankWorker):
         t0 = time.time()
         cfg = replace(self.model_cfg, name_or_path=self.path, tokenizer=None, lora=replace(self.model_cfg.lora, rank=0))
         self.tokenizer = load_tokenizer(cfg, padding_side="right")
-        model = load_sequence_classifier(cfg, dtype=self.dtype, device=self.device_kind, trainable=False,
-                                         pad_token_id=self.tokenizer.pad_token_id)
-        self.model = build_frozen(model, engine=EngineConfig(zero_stage=0), world_size=1, dtype=self.dtype,
-                                  micro_batch=self.batch_size)
+        model = load_sequence_classifier(
+            cfg, dtype=self.dtype, device=self.device_kind, trainable=False, pad_token_id=self.tokenizer.pad_token_id
+        )
+        self.model = build_frozen(
+            model, engine=EngineConfig(zero_stage=0), world_size=1, dtype=self.dtype, micro_batch=self.batch_size
+        )
         return {"setup_s": time.time() - t0}
 
     def score(self, texts: list[str]):
@@ -37,9 +44,15 @@ class RewardModelWorker(RankWorker):
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                                     truncation=True, add_special_tokens=False)
-                logits = self.model(input_ids=enc["input_ids"].to(device),
-                                    attention_mask=enc["attention_mask"].to(device)).logits
+                enc = self.tokenizer(
+                    texts[i : i + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    add_special_tokens=False,
+                )
+                logits = self.model(
+                    input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+                ).logits
                 out.append(logits[:, 0].float().cpu())
         return torch.cat(out)

@@ -37,13 +37,20 @@ def weight_sync_layout(num_engines: int, tensor_parallel_size: int) -> tuple[lis
     """First weight-sync rank of each engine and the group's size: trainer rank 0 is rank 0, engine i's
     workers are ranks ``1 + i * tp .. (i + 1) * tp``. E.g. 2 engines of tp=2 -> ([1, 3], 5)."""
     if num_engines < 1 or tensor_parallel_size < 1:
-        raise ValueError(f"weight_sync_layout needs num_engines >= 1 and tensor_parallel_size >= 1, got "
-                         f"{num_engines} and {tensor_parallel_size}")
+        raise ValueError(
+            f"weight_sync_layout needs num_engines >= 1 and tensor_parallel_size >= 1, got "
+            f"{num_engines} and {tensor_parallel_size}"
+        )
     return [1 + i * tensor_parallel_size for i in range(num_engines)], 1 + num_engines * tensor_parallel_size
 
 
-def generations_to_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generations: Sequence[Generation],
-                         max_new_tokens: int, pad_id: int) -> RolloutBatch:
+def generations_to_batch(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    generations: Sequence[Generation],
+    max_new_tokens: int,
+    pad_id: int,
+) -> RolloutBatch:
     """Engine outputs as the rollout batch of the on-policy loop (the same fields as the HF backend).
 
     prompt_ids, prompt_mask: [N, P] left-padded; ``generations[i]`` answers row i. Returns sequences
@@ -80,8 +87,9 @@ class RolloutWorker(RankWorker):
     """Holds one ``VLLMEngine``. ``engine_options`` are ``VLLMEngine``'s keyword arguments; the sampling
     seed is offset by ``rank`` so that engines draw different samples."""
 
-    def __init__(self, rank: int, world_size: int, model_path: str | Path,
-                 engine_options: dict[str, Any] | None = None):
+    def __init__(
+        self, rank: int, world_size: int, model_path: str | Path, engine_options: dict[str, Any] | None = None
+    ):
         super().__init__(rank, world_size)
         from rlhf.engines.vllm_engine import VLLMEngine
 
@@ -99,8 +107,9 @@ class RolloutWorker(RankWorker):
         """``VLLMEngine.generate``: ``n`` contiguous samples per prompt."""
         return self.engine.generate(prompt_token_ids, **sampling)
 
-    def generate_timed(self, prompt_token_ids: Sequence[Sequence[int]], **sampling: Any
-                       ) -> tuple[list[Generation], float]:
+    def generate_timed(
+        self, prompt_token_ids: Sequence[Sequence[int]], **sampling: Any
+    ) -> tuple[list[Generation], float]:
         """``generate`` and the seconds it took inside the engine."""
         started = time.perf_counter()
         out = self.engine.generate(prompt_token_ids, **sampling)
@@ -147,8 +156,9 @@ class EngineFleet:
         """Form the weight-sync group: trainer rank 0 is rank 0, engine i's workers follow."""
         ranks, world = weight_sync_layout(len(self.engines), self.tensor_parallel_size)
         addr, port = self.trainer.run("rendezvous")[0]
-        joins = [w.init_weight_sync.remote(addr, port, r, world, self.backend)
-                 for w, r in zip(self.engines.actors, ranks)]
+        joins = [
+            w.init_weight_sync.remote(addr, port, r, world, self.backend) for w, r in zip(self.engines.actors, ranks)
+        ]
         host = self.trainer.actors[0].init_weight_sync.remote(addr, port, world, self.backend)
         self.trainer.wait([host], "init_weight_sync")
         self.engines.wait(joins, "init_weight_sync")
@@ -161,16 +171,18 @@ class EngineFleet:
         self.trainer.run("broadcast_weights")
         self.engines.wait(receivers, "receive_weights")
 
-    def generate(self, prompts: PromptBatch, *, max_new_tokens: int, pad_id: int, **sampling: Any
-                 ) -> tuple[RolloutBatch, dict[str, float]]:
+    def generate(
+        self, prompts: PromptBatch, *, max_new_tokens: int, pad_id: int, **sampling: Any
+    ) -> tuple[RolloutBatch, dict[str, float]]:
         """One response per row of ``prompts`` (left-padded), rows split in contiguous blocks across the
         engines; returns ``generations_to_batch``'s batch and timing/generate_engine_s (the slowest engine)."""
         rows = prompts.unpadded()
         k = len(self.engines)
         bounds = [round(i * len(rows) / k) for i in range(k + 1)]
-        refs = [w.generate_timed.remote(rows[bounds[i]:bounds[i + 1]], n=1, max_new_tokens=max_new_tokens,
-                                        **sampling)
-                for i, w in enumerate(self.engines.actors)]
+        refs = [
+            w.generate_timed.remote(rows[bounds[i] : bounds[i + 1]], n=1, max_new_tokens=max_new_tokens, **sampling)
+            for i, w in enumerate(self.engines.actors)
+        ]
         outs = self.engines.wait(refs, "generate")
         generations = [g for part, _ in outs for g in part]
         batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, generations, max_new_tokens, pad_id)

@@ -66,8 +66,14 @@ class TrainerWorker(StepState, RankWorker):
         task = self.algo_spec.task
         self.train_ds = build_dataset(task, s.data, self.tokenizer, "train", seed=s.seed)
         self.eval_ds = build_dataset(task, s.data, self.tokenizer, "eval", seed=s.seed)
-        self.steps_per_epoch, total = step_counts(len(self.train_ds), self.role_plan.train_batch_samples, s.algo.epochs,
-                                                  s.algo.max_steps, key="algo.train_batch_samples", what="samples")
+        self.steps_per_epoch, total = step_counts(
+            len(self.train_ds),
+            self.role_plan.train_batch_samples,
+            s.algo.epochs,
+            s.algo.max_steps,
+            key="algo.train_batch_samples",
+            what="samples",
+        )
         self.total_steps = total
 
         if self.algo_spec.sequence_classifier:
@@ -78,8 +84,9 @@ class TrainerWorker(StepState, RankWorker):
             model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.engine = TrainEngine.for_role(model, self.role_plan, train=s.algo, engine=s.engine, dtype=plan.dtype,
-                                           total_steps=total)
+        self.engine = TrainEngine.for_role(
+            model, self.role_plan, train=s.algo, engine=s.engine, dtype=plan.dtype, total_steps=total
+        )
         self.ref = None
         if plan.reference:
             ref_cfg = s.model
@@ -90,8 +97,13 @@ class TrainerWorker(StepState, RankWorker):
 
                 ref_cfg = replace(s.model, name_or_path=ref_path)
             ref = load_causal_lm(ref_cfg, dtype=plan.dtype, device=plan.device, trainable=False)
-            self.ref = build_frozen(ref, engine=s.engine, world_size=self.role_plan.dp_ranks, dtype=plan.dtype,
-                                    micro_batch=self.role_plan.micro_batch_per_gpu)
+            self.ref = build_frozen(
+                ref,
+                engine=s.engine,
+                world_size=self.role_plan.dp_ranks,
+                dtype=plan.dtype,
+                micro_batch=self.role_plan.micro_batch_per_gpu,
+            )
         return {
             "total_steps": total,
             "steps_per_epoch": self.steps_per_epoch,
@@ -112,16 +124,20 @@ class TrainerWorker(StepState, RankWorker):
         r = self.role_plan
         chunk = step_items(len(self.train_ds), r.train_batch_samples, self.steps_per_epoch, self.spec.seed, step)
         per_rank = r.micro_batch_per_gpu * r.grad_accum
-        mine = chunk[self.rank * per_rank:(self.rank + 1) * per_rank]
+        mine = chunk[self.rank * per_rank : (self.rank + 1) * per_rank]
         m = r.micro_batch_per_gpu
-        return [mine[i * m:(i + 1) * m] for i in range(r.grad_accum)], chunk
+        return [mine[i * m : (i + 1) * m] for i in range(r.grad_accum)], chunk
 
     def _collate(self, ds, idx: list[int]) -> dict:
         from rlhf.training.batches import collate_for_task
 
         return collate_for_task(
-            self.algo_spec.task, [ds[i] for i in idx], self.tokenizer,
-            packing=self.spec.data.packing, attn_impl=self._attn_impl(), dtype=self._dtype(),
+            self.algo_spec.task,
+            [ds[i] for i in idx],
+            self.tokenizer,
+            packing=self.spec.data.packing,
+            attn_impl=self._attn_impl(),
+            dtype=self._dtype(),
         )
 
     def _attn_impl(self) -> str:
@@ -177,14 +193,15 @@ class TrainerWorker(StepState, RankWorker):
         self.engine.eval()
         idx = list(range(n))
         counts = StepCounts(tokens=float(sum(self._loss_tokens(i) for i in idx)), samples=float(n))
-        mine = idx[self.rank::self.world_size]
+        mine = idx[self.rank :: self.world_size]
         m = self.role_plan.micro_batch_per_gpu
         sums: dict[str, float] = defaultdict(float)
         with torch.no_grad():
             for i in range(0, len(mine), m):
-                batch = self._to_device(self._collate(self.eval_ds, mine[i:i + m]))
-                _, metrics = self.objective(self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo,
-                                            micro_batches=1)
+                batch = self._to_device(self._collate(self.eval_ds, mine[i : i + m]))
+                _, metrics = self.objective(
+                    self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo, micro_batches=1
+                )
                 for k, v in metrics.items():
                     sums["eval/" + k.split("/", 1)[1]] += float(v)
         return dict(sums)

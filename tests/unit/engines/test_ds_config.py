@@ -39,11 +39,13 @@ SCRIPT = textwrap.dedent(
 
 def test_bf16_keeps_fp32_accumulation_only_where_zero_supports_it() -> None:
     for stage in (0, 1, 2, 3):
-        cfg = ds_config(EngineConfig(zero_stage=stage), micro_batch=2, grad_accum=2, world_size=1, dtype="bf16",
-                        max_grad_norm=1.0)
+        cfg = ds_config(
+            EngineConfig(zero_stage=stage), micro_batch=2, grad_accum=2, world_size=1, dtype="bf16", max_grad_norm=1.0
+        )
         assert cfg.get("data_types") == ({"grad_accum_dtype": "fp32"} if stage > 0 else None), stage
-    fp32 = ds_config(EngineConfig(zero_stage=2), micro_batch=2, grad_accum=2, world_size=1, dtype="fp32",
-                     max_grad_norm=1.0)
+    fp32 = ds_config(
+        EngineConfig(zero_stage=2), micro_batch=2, grad_accum=2, world_size=1, dtype="fp32", max_grad_norm=1.0
+    )
     assert "data_types" not in fp32
 
 
@@ -51,5 +53,7 @@ def test_bf16_config_starts_an_engine_at_every_stage() -> None:
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [line for line in proc.stdout.splitlines() if line.endswith(" ok")] == [
-        "stage 0 ok", "stage 1 ok", "stage 2 ok"
+        "stage 0 ok",
+        "stage 1 ok",
+        "stage 2 ok",
     ], proc.stdout[-2000:]

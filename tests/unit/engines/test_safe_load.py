@@ -90,13 +90,22 @@ SCRIPT = textwrap.dedent(
 
 def test_deepspeed_state_round_trips_through_the_restricted_loader_and_a_planted_object_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(marker)], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.endswith(("restored", "refused"))]
-    assert lines == ["stage 0 torch.float32 restored", "stage 2 torch.float32 restored",
-                     "stage 3 torch.float32 restored", "stage 2 torch.bfloat16 restored",
-                     "planted object refused"], proc.stdout[-2000:]
+    assert lines == [
+        "stage 0 torch.float32 restored",
+        "stage 2 torch.float32 restored",
+        "stage 3 torch.float32 restored",
+        "stage 2 torch.bfloat16 restored",
+        "planted object refused",
+    ], proc.stdout[-2000:]
     assert not marker.exists()
 
 

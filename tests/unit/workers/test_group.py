@@ -31,10 +31,8 @@ def test_roles_share_a_bundle_and_release_it(one_logical_gpu) -> None:
     for run in range(2):  # the second run needs the GPU the first one held
         pg = make_placement_group(1, 1.0, timeout_s=20)
         # Two roles on one GPU bundle, a third of a GPU each (the colocated layout).
-        actor = ActorGroup("actor", _Echo, 1, gpus_per_worker=1 / 3, args=("actor",), placement_group=pg,
-                           timeout_s=30)
-        ref = ActorGroup("ref", _Echo, 1, gpus_per_worker=1 / 3, args=("ref",), placement_group=pg,
-                         timeout_s=30)
+        actor = ActorGroup("actor", _Echo, 1, gpus_per_worker=1 / 3, args=("actor",), placement_group=pg, timeout_s=30)
+        ref = ActorGroup("ref", _Echo, 1, gpus_per_worker=1 / 3, args=("ref",), placement_group=pg, timeout_s=30)
         assert actor.run("who") == ["actor:0"] and ref.run("who") == ["ref:0"], run
         actor.shutdown()
         ref.shutdown()
