@@ -66,7 +66,7 @@ class SourceReport:
     examples: List[Dict[str, Any]] = field(default_factory=list)  # (row, example, sample) of the first good rows
 
     def lines(self, cfg_data) -> List[str]:
-        how = "detected" if self.detected else "named"
+        how = "detected" if self.detected else "(keys of the config)" if self.format == "custom" else "named"
         out = [f"data: {self.format} format {how} in {self.location} (source '{self.name}'; {self.good} of the first "
                f"{self.rows} rows usable)"]
         if self.bad:
