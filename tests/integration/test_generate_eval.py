@@ -89,7 +89,9 @@ def test_eval_pass_at_k_on_a_reward_that_marks_c_of_n_correct(tmp_path: Path) ->
     fn = tmp_path / "c_of_n.py"
     fn.write_text(REWARD)
     n = 4
+    # The shipped arithmetic prompts: their answers vary, so c does too (the default task's are all 0).
     cfg = _cfg("reward=math", f"reward.sources.exact_match.path={fn}:score", "eval.max_prompts=12",
+               "data.sources.tiny_math.path=asset:prompts",
                f"eval.n_samples={n}", "eval.k=[1,2,4]", "eval.temperature=1.0", "rollout.max_new_tokens=6")
     metrics = evaluate_model(cfg, tmp_path / "out")
     records = [json.loads(line) for line in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
