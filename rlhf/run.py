@@ -1,11 +1,11 @@
 """The entry point: compose the config, resolve the plan, track the run, run the algorithm's controller.
 
-  python -m rlhf.run                                   # tiny model on CPU (the embedded default)
-  python -m rlhf.run algo=dpo model=qwen2_5_0_5b hw=h100x1          # one GPU
-  python -m rlhf.run algo=ppo model=llama3_8b hw=a100x8             # one node of 8 GPUs
-  python -m rlhf.run -m hydra/launcher=slurm_gpu algo=ppo model=llama3_8b hw=a100x16        # Slurm
-  python -m rlhf.run mode=plan algo=grpo model=qwen2_5_7b hw=h100x8                # print the plan only
-  python -m rlhf.run algo=sft --cfg job                                               # show the config
+python -m rlhf.run                                   # tiny model on CPU (the embedded default)
+python -m rlhf.run algo=dpo model=qwen2_5_0_5b hw=h100x1          # one GPU
+python -m rlhf.run algo=ppo model=llama3_8b hw=a100x8             # one node of 8 GPUs
+python -m rlhf.run -m hydra/launcher=slurm_gpu algo=ppo model=llama3_8b hw=a100x16        # Slurm
+python -m rlhf.run mode=plan algo=grpo model=qwen2_5_7b hw=h100x8                # print the plan only
+python -m rlhf.run algo=sft --cfg job                                               # show the config
 """
 
 from __future__ import annotations
@@ -53,8 +53,12 @@ def _hydra_job() -> dict:
         from hydra.core.hydra_config import HydraConfig
 
         hc = HydraConfig.get()
-        return {"hydra.job": hc.job.name, "hydra.job_num": hc.job.get("num", 0),
-                "hydra.mode": str(hc.mode), "hydra.sweep_dir": hc.sweep.dir}
+        return {
+            "hydra.job": hc.job.name,
+            "hydra.job_num": hc.job.get("num", 0),
+            "hydra.mode": str(hc.mode),
+            "hydra.sweep_dir": hc.sweep.dir,
+        }
     except ValueError:
         return {}
 
@@ -77,6 +81,7 @@ def execute(dcfg: DictConfig, progress: bool = True):
     plan = resolve_plan(cfg)
     # Every data problem of the command, before Ray or any model starts (DataCheckError lists them all).
     data_report = check_run_data(cfg)
+    _check_one_step_of_data(cfg, plan, data_report)
     if cfg.mode == "plan":
         print(plan.table())
         print(data_report.text())
@@ -94,10 +99,22 @@ def execute(dcfg: DictConfig, progress: bool = True):
     sweep = sweep_parent()
     parent_run_id = sweep["run_id"] if sweep else None
     # A requeued or resumed job continues the MLflow run of its earlier attempt in the same output_dir.
-    tracker = make_tracker(cfg.tracking, run_name=f"{cfg.algo.name}-{Path(cfg.model.name_or_path).name}",
-                           parent_run_id=parent_run_id, resume_run_id=previous_run_id(out) if cfg.resume else None)
-    tracker.set_tags({"algo": cfg.algo.name, "model": cfg.model.name_or_path, "hw": cfg.hw.name,
-                      "git_commit": git_commit(), "output_dir": str(out), **_hydra_job()})
+    tracker = make_tracker(
+        cfg.tracking,
+        run_name=f"{cfg.algo.name}-{Path(cfg.model.name_or_path).name}",
+        parent_run_id=parent_run_id,
+        resume_run_id=previous_run_id(out) if cfg.resume else None,
+    )
+    tracker.set_tags(
+        {
+            "algo": cfg.algo.name,
+            "model": cfg.model.name_or_path,
+            "hw": cfg.hw.name,
+            "git_commit": git_commit(),
+            "output_dir": str(out),
+            **_hydra_job(),
+        }
+    )
     if tracker.run_id:
         write_run_record(out, tracker, parent_run_id)
     tracker.log_params(OmegaConf.to_container(dcfg, resolve=True))
@@ -114,12 +131,20 @@ def execute(dcfg: DictConfig, progress: bool = True):
         if result.model_dir and cfg.tracking.log_model and _dir_size(result.model_dir) < 1 << 30:
             tracker.log_artifacts(result.model_dir, "model")
         if result.objective:
-            tracker.log_metrics({"objective/" + result.objective[0].replace("/", "_"): result.objective[1]},
-                                result.steps)
+            tracker.log_metrics(
+                {"objective/" + result.objective[0].replace("/", "_"): result.objective[1]}, result.steps
+            )
             log_objective(tracker, *result.objective, _higher_is_better(plan), result.steps)
         status = "FINISHED"
-        mark_finished(out, {"algo": cfg.algo.name, "steps": result.steps, "model_dir": result.model_dir,
-                            "mlflow_run_id": tracker.run_id})
+        mark_finished(
+            out,
+            {
+                "algo": cfg.algo.name,
+                "steps": result.steps,
+                "model_dir": result.model_dir,
+                "mlflow_run_id": tracker.run_id,
+            },
+        )
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"  # Ctrl-C, or SIGTERM from Slurm/the user (rlhf.run.main turns it into SystemExit)
         raise
@@ -128,6 +153,31 @@ def execute(dcfg: DictConfig, progress: bool = True):
         claim.release()
     _summary(cfg, plan, result, tracker, out)
     return result
+
+
+def _check_one_step_of_data(cfg, plan, report) -> None:
+    """A data set smaller than one step, found while the check read it whole: refused before any process starts."""
+    from rlhf.plan import PlanError
+
+    limit = int(cfg.data.check_rows)
+    if not report.sources or any(s.rows >= limit for s in report.sources):
+        return  # a source longer than the check reads: its size is known only when it is loaded
+    held = max(float(cfg.data.eval_fraction), 0.0)
+    rows = sum(s.good - min(round(s.good * held), 500) for s in report.sources)
+    onpolicy = plan.family == "onpolicy"
+    need = cfg.algo.prompts_per_step if onpolicy else plan.train_batch_samples
+    key = "algo.prompts_per_step" if onpolicy else "algo.train_batch_samples"
+    if rows >= need:
+        return
+    unit = 1 if onpolicy else plan.micro_batch_per_gpu * plan.world_size
+    fit = max(rows // unit * unit, unit)
+    chosen = any(key in c for c in getattr(plan, "chosen", ()))
+    raise PlanError(
+        [
+            f"the training data has about {rows} rows (after the held-out part), fewer than one step of {key}={need}"
+            f"{' (chosen by the planner for this model)' if chosen else ''}; set {key}={fit} or add data"
+        ]
+    )
 
 
 def _check_resume(cfg, dcfg: DictConfig, out: Path) -> None:
@@ -162,8 +212,7 @@ def _isolated(plan, out: Path):
     if hc.mode != RunMode.MULTIRUN:
         return nullcontext()
     namespace = ray_namespace(hc.job.config_name, hc.job.get("num", 0), point_key(out))
-    return sweep_point(out, namespace, num_gpus=plan.total_gpus,
-                       cpu_processes=sum(r.num_workers for r in plan.roles))
+    return sweep_point(out, namespace, num_gpus=plan.total_gpus, cpu_processes=sum(r.num_workers for r in plan.roles))
 
 
 def _higher_is_better(plan) -> bool:
@@ -177,8 +226,16 @@ def _dir_size(path: str) -> int:
 
 
 # Shown first in the summary, when the run has them: what a user checks before anything else.
-_HEADLINE = ("rollout/reward_mean", "train/loss", "train/policy_loss", "train/accuracy", "train/reward_accuracy",
-             "train/margin", "rollout/kl", "rollout/response_len_mean")
+_HEADLINE = (
+    "rollout/reward_mean",
+    "train/loss",
+    "train/policy_loss",
+    "train/accuracy",
+    "train/reward_accuracy",
+    "train/margin",
+    "rollout/kl",
+    "rollout/response_len_mean",
+)
 
 
 def _summary(cfg, plan, result, tracker, out: Path) -> None:
@@ -187,8 +244,11 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
         f"== rlhf: {cfg.algo.name} on {cfg.model.name_or_path} ({plan.device}, {plan.world_size} rank(s)) "
         f"finished {result.steps} steps in {result.wall_s:.1f}s",
     ]
-    keys = [k for k in result.last if k.startswith(("train/", "rollout/", "reward/"))
-            and not k.endswith(("lr", "grad_norm", "tokens", "_std"))]
+    keys = [
+        k
+        for k in result.last
+        if k.startswith(("train/", "rollout/", "reward/")) and not k.endswith(("lr", "grad_norm", "tokens", "_std"))
+    ]
     ordered = [k for k in _HEADLINE if k in keys] + sorted(k for k in keys if k not in _HEADLINE)
     lines.append(f"   {'first step -> last step':<28}")
     for k in ordered[:8]:
@@ -198,12 +258,18 @@ def _summary(cfg, plan, result, tracker, out: Path) -> None:
     evals = dict(result.eval)
     planned = evals.pop("run/planned_steps", None)
     if planned is not None and planned > result.steps:
-        lines.append(f"   stopped early by algo.max_time after {result.steps} of {planned:.0f} steps (saved, evaluated)")
+        lines.append(
+            f"   stopped early by algo.max_time after {result.steps} of {planned:.0f} steps (saved, evaluated)"
+        )
     # The task's verifiable accuracy first, then the reward: start -> end of training on the held-out prompts.
-    for key, label in (("accuracy", "held-out accuracy"), ("reward_mean", "held-out reward"),
-                       ("pass_at_", "held-out pass@"), ("maj_at_", "held-out maj@")):
+    for key, label in (
+        ("accuracy", "held-out accuracy"),
+        ("reward_mean", "held-out reward"),
+        ("pass_at_", "held-out pass@"),
+        ("maj_at_", "held-out maj@"),
+    ):
         for k in sorted(k for k in list(evals) if k.startswith("eval/" + key)):
-            suffix = k[len("eval/" + key):] if key.endswith("_") else ""
+            suffix = k[len("eval/" + key) :] if key.endswith("_") else ""
             start, end = evals.pop(k.replace("eval/", "eval/start_"), None), evals.pop(k)
             if start is not None:
                 lines.append(f"   {label + suffix:<28} {start:10.4f} -> {end:10.4f}   (start -> end of training)")

@@ -23,8 +23,10 @@ def pick_backend(backend: str, device: str) -> str:
     if backend == "auto":
         return "vllm" if has_vllm and device == "cuda" else "hf"
     if backend == "vllm" and not has_vllm:
-        raise ValueError("generate.backend=vllm but vLLM is not installed: `pip install -e .[vllm]` (GPU) or "
-                         "`make test-vllm` (CPU build), or use generate.backend=hf")
+        raise ValueError(
+            "generate.backend=vllm but vLLM is not installed: `pip install -e .[vllm]` (GPU) or "
+            "`make test-vllm` (CPU build), or use generate.backend=hf"
+        )
     return backend
 
 
@@ -62,28 +64,37 @@ class HFGenerate:
         texts: list[Completion] = []
         torch.manual_seed(sampling.seed)
         for i in range(0, len(ids), self.batch_size):
-            chunk = ids[i:i + self.batch_size]
+            chunk = ids[i : i + self.batch_size]
             width = max(len(x) for x in chunk)
             x = torch.full((len(chunk), width), pad, dtype=torch.long)
             am = torch.zeros((len(chunk), width), dtype=torch.long)
             for j, row in enumerate(chunk):
-                x[j, width - len(row):] = torch.tensor(row)
-                am[j, width - len(row):] = 1
+                x[j, width - len(row) :] = torch.tensor(row)
+                am[j, width - len(row) :] = 1
             kwargs = dict(do_sample=False)
             if not sampling.greedy:
-                kwargs = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                              top_k=sampling.top_k if sampling.top_k > 0 else 0)
+                kwargs = dict(
+                    do_sample=True,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                )
             with torch.no_grad():
-                out = self.model.generate(input_ids=x.to(self.device), attention_mask=am.to(self.device),
-                                          max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
-                                          eos_token_id=self.eos, **kwargs)
+                out = self.model.generate(
+                    input_ids=x.to(self.device),
+                    attention_mask=am.to(self.device),
+                    max_new_tokens=sampling.max_new_tokens,
+                    pad_token_id=pad,
+                    eos_token_id=self.eos,
+                    **kwargs,
+                )
             for resp in out[:, width:].tolist():
                 texts.append(self._completion(resp, sampling.max_new_tokens))
-        return [texts[i * sampling.n:(i + 1) * sampling.n] for i in range(len(rows))]
+        return [texts[i * sampling.n : (i + 1) * sampling.n] for i in range(len(rows))]
 
     def _completion(self, resp: list[int], max_new_tokens: int) -> Completion:
         stop = next((t for t, tok in enumerate(resp) if tok in self.eos), None)
-        kept = resp[:stop + 1] if stop is not None else resp
+        kept = resp[: stop + 1] if stop is not None else resp
         if stop is None:  # pads after an early finish of the batch's other rows
             kept = [t for t in kept if t != self.tok.pad_token_id]
         text = self.tok.decode(kept, skip_special_tokens=True)
@@ -93,24 +104,50 @@ class HFGenerate:
 class VLLMGenerate:
     """A vLLM engine (rlhf/engines/vllm_engine.py) on the saved model."""
 
-    def __init__(self, path: str, tokenizer, *, dtype: str, max_model_len: int, seed: int,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, enforce_eager: bool = False):
+    def __init__(
+        self,
+        path: str,
+        tokenizer,
+        *,
+        dtype: str,
+        max_model_len: int,
+        seed: int,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        enforce_eager: bool = False,
+    ):
         from rlhf.engines.vllm_engine import VLLMEngine
 
         self.tok = tokenizer
-        self.engine = VLLMEngine(path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                                 gpu_memory_utilization=gpu_memory_utilization, enable_sleep=False,
-                                 enforce_eager=enforce_eager, seed=seed, max_model_len=max_model_len)
+        self.engine = VLLMEngine(
+            path,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep=False,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            max_model_len=max_model_len,
+        )
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def __call__(self, rows: Sequence[dict], sampling: Sampling) -> list[list[Completion]]:
-        gens = self.engine.generate([list(r["input_ids"]) for r in rows], n=sampling.n,
-                                    temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                    max_new_tokens=sampling.max_new_tokens, stop_token_ids=self.eos)
+        gens = self.engine.generate(
+            [list(r["input_ids"]) for r in rows],
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_new_tokens=sampling.max_new_tokens,
+            stop_token_ids=self.eos,
+        )
         out: list[list[Completion]] = [[] for _ in rows]
         for g in gens:
-            out[g.prompt_index].append(Completion(self.tok.decode(g.response_ids, skip_special_tokens=True),
-                                                  len(g.response_ids), g.finish_reason))
+            out[g.prompt_index].append(
+                Completion(
+                    self.tok.decode(g.response_ids, skip_special_tokens=True), len(g.response_ids), g.finish_reason
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -126,11 +163,18 @@ def build_generate(cfg, tokenizer, backend: str, batch_size: int = 64):
     chosen = pick_backend(backend, device)
     if chosen == "vllm":
         ro = cfg.rollout
-        return VLLMGenerate(resolve_path(cfg.model.name_or_path), tokenizer,
-                            dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype],
-                            max_model_len=cfg.data.prompt_max_len + max(ro.max_new_tokens, 1) * 4,
-                            seed=cfg.seed, tensor_parallel_size=ro.tensor_parallel_size,
-                            enforce_eager=ro.enforce_eager)
+        return VLLMGenerate(
+            resolve_path(cfg.model.name_or_path),
+            tokenizer,
+            dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype],
+            max_model_len=cfg.data.prompt_max_len + max(ro.max_new_tokens, 1) * 4,
+            # No training plan here: the rollout settings the user left unset get one engine
+            # on one GPU, and most of its memory (nothing trains beside it).
+            seed=cfg.seed,
+            tensor_parallel_size=ro.tensor_parallel_size or 1,
+            gpu_memory_utilization=ro.gpu_memory_utilization or 0.85,
+            enforce_eager=ro.enforce_eager,
+        )
     if device == "cuda":
         import torch
 
