@@ -57,14 +57,27 @@ class Case:
 
 def overrides(preset: str, role: str, micro: int, seq: int, zero: int, checkpointing: bool, hw: str) -> list[str]:
     """Command-line overrides that describe this case to the planner (no tuning file: every number explicit)."""
-    ov = [f"algo={ROLE_ALGO[role]}", f"model={preset}", f"hw={hw}", "tracking=none", "~tuning",
-          f"engine.zero_stage={zero}", f"engine.gradient_checkpointing={str(checkpointing).lower()}",
-          f"algo.micro_batch_per_gpu={micro}", f"algo.train_batch_samples={micro}"]
+    ov = [
+        f"algo={ROLE_ALGO[role]}",
+        f"model={preset}",
+        f"hw={hw}",
+        "tracking=none",
+        "~tuning",
+        f"engine.zero_stage={zero}",
+        f"engine.gradient_checkpointing={str(checkpointing).lower()}",
+        f"algo.micro_batch_per_gpu={micro}",
+        f"algo.train_batch_samples={micro}",
+    ]
     if role == "grpo":
         # Rows of prompt (seq/4) + response (3 seq/4); two samples a prompt, so a rollout = 2 micro-batches.
         prompt = seq // 4
-        ov += [f"data.prompt_max_len={prompt}", f"rollout.max_new_tokens={seq - prompt}",
-               f"algo.prompts_per_step={micro}", "algo.samples_per_prompt=2", "algo.kl_coef=0"]
+        ov += [
+            f"data.prompt_max_len={prompt}",
+            f"rollout.max_new_tokens={seq - prompt}",
+            f"algo.prompts_per_step={micro}",
+            "algo.samples_per_prompt=2",
+            "algo.kl_coef=0",
+        ]
     else:
         ov += [f"data.max_len={seq}"]
     return ov
@@ -77,9 +90,11 @@ def plan_case(case: Case, hw: str):
     from rlhf.config.preflight import compose_config
     from rlhf.plan import resolve_plan
 
-    cfg = OmegaConf.to_object(compose_config(
-        overrides(case.preset, case.role, case.micro_batch, case.seq_len, case.zero_stage, case.checkpointing, hw)
-    ))
+    cfg = OmegaConf.to_object(
+        compose_config(
+            overrides(case.preset, case.role, case.micro_batch, case.seq_len, case.zero_stage, case.checkpointing, hw)
+        )
+    )
     plan = resolve_plan(cfg)
     rows = {m.role: m for m in plan.memory}
     # DPO's reference lives in the actor's process and GPU: compare with the joint row.
@@ -87,8 +102,13 @@ def plan_case(case: Case, hw: str):
     case.estimate_row = est.role
     case.estimate_gib = est.total_gib
     case.estimate_no_overhead_gib = est.total_gib - FRAMEWORK_OVERHEAD_GIB
-    case.breakdown = {"weights": est.weights_gib, "grads": est.grads_gib, "optimizer": est.optimizer_gib,
-                      "activations": est.activations_gib, "other": est.other_gib}
+    case.breakdown = {
+        "weights": est.weights_gib,
+        "grads": est.grads_gib,
+        "optimizer": est.optimizer_gib,
+        "activations": est.activations_gib,
+        "other": est.other_gib,
+    }
     return cfg
 
 
@@ -131,12 +151,21 @@ def measure_case(case: Case, cfg, steps: int) -> None:
     base = torch.cuda.memory_allocated()
     model = build_model(cfg.model, "cuda")
     case.params_b_built = sum(p.numel() for p in model.parameters()) / 1e9
-    engine = TrainEngine(model, train=cfg.algo, engine=cfg.engine, micro_batch=case.micro_batch, grad_accum=1,
-                         world_size=1, dtype="bf16", total_steps=steps)
+    engine = TrainEngine(
+        model,
+        train=cfg.algo,
+        engine=cfg.engine,
+        micro_batch=case.micro_batch,
+        grad_accum=1,
+        world_size=1,
+        dtype="bf16",
+        total_steps=steps,
+    )
     ref = None
     if case.role == "dpo":
-        ref = build_frozen(build_model(cfg.model, "cuda"), engine=cfg.engine, world_size=1, dtype="bf16",
-                           micro_batch=case.micro_batch)
+        ref = build_frozen(
+            build_model(cfg.model, "cuda"), engine=cfg.engine, world_size=1, dtype="bf16", micro_batch=case.micro_batch
+        )
     engine.train()
     gen = torch.Generator(device="cuda").manual_seed(0)
     times = []
@@ -194,8 +223,9 @@ def _measure_in_subprocess(case: Case, steps: int, hw: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec, result = Path(tmp) / "case.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"case": case.__dict__, "steps": steps, "hw": hw}))
-        proc = subprocess.run([sys.executable, __file__, "--one-case", str(spec), "--out", str(result)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one-case", str(spec), "--out", str(result)], capture_output=True, text=True
+        )
         if result.exists():
             case.__dict__.update(json.loads(result.read_text()))
         else:
@@ -217,10 +247,13 @@ def _one_case(spec_path: str, out: str) -> int:
 
 
 def table(cases: list[Case]) -> str:
-    head = (f"{'preset':<14} {'role':<5} {'mb x seq':>10} {'ZeRO':>4} {'ckpt':>4} {'row':<10} {'plan':>7} "
-            f"{'plan-ovh':>8} {'alloc':>7} {'reserv':>7} {'rel.err':>8} {'step s':>7}")
+    head = (
+        f"{'preset':<14} {'role':<5} {'mb x seq':>10} {'ZeRO':>4} {'ckpt':>4} {'row':<10} {'plan':>7} "
+        f"{'plan-ovh':>8} {'alloc':>7} {'reserv':>7} {'rel.err':>8} {'step s':>7}"
+    )
     lines = [head, "-" * len(head)]
     for c in cases:
+
         def f(x, spec):
             return format(x, spec) if x is not None else "-".rjust(int(spec.split(".")[0]) if "." in spec else 1)
 
@@ -232,8 +265,10 @@ def table(cases: list[Case]) -> str:
         )
         if c.error:
             lines.append(f"    failed: {c.error}")
-    lines.append("GiB per GPU. plan-ovh = planner total minus the framework overhead "
-                 f"({FRAMEWORK_OVERHEAD_GIB} GiB); rel.err = (plan-ovh - alloc) / alloc, > 0: the planner is safe.")
+    lines.append(
+        "GiB per GPU. plan-ovh = planner total minus the framework overhead "
+        f"({FRAMEWORK_OVERHEAD_GIB} GiB); rel.err = (plan-ovh - alloc) / alloc, > 0: the planner is safe."
+    )
     return "\n".join(lines)
 
 
@@ -257,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = {"on": [True], "off": [False], "both": [False, True]}[args.checkpointing]
     cases = [
         Case(p, r, args.micro_batch, args.seq_len, int(z), c)
-        for p in args.presets.split(",") for r in args.roles.split(",") for z in args.zero.split(",") for c in ckpt
+        for p in args.presets.split(",")
+        for r in args.roles.split(",")
+        for z in args.zero.split(",")
+        for c in ckpt
     ]
     unknown = sorted({c.role for c in cases} - set(ROLE_ALGO))
     if unknown:
@@ -279,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry:
         import torch
 
-        meta.update(gpu=torch.cuda.get_device_name(0), torch=torch.__version__,
-                    gpu_total_gib=torch.cuda.get_device_properties(0).total_memory / GIB)
+        meta.update(
+            gpu=torch.cuda.get_device_name(0),
+            torch=torch.__version__,
+            gpu_total_gib=torch.cuda.get_device_properties(0).total_memory / GIB,
+        )
     Path(args.out).write_text(json.dumps({"meta": meta, "cases": [c.__dict__ for c in cases]}, indent=2))
     print(f"wrote {args.out}")
     return 0

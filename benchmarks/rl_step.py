@@ -29,9 +29,18 @@ from pathlib import Path
 
 # Qwen2.5-0.5B(-Instruct)'s config.json numbers: 494M parameters with tied embeddings.
 QWEN2_5_0_5B = dict(
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-    tie_word_embeddings=True, use_sliding_window=False, hidden_act="silu",
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    use_sliding_window=False,
+    hidden_act="silu",
 )
 # Random init gives near-uniform next-token distributions over 152k tokens, whose greedy choice flips on
 # rounding; scaling the (tied) embeddings sharpens the output so the greedy check means something. The input
@@ -50,9 +59,15 @@ def build_model(out_dir: Path, seed: int = 0) -> Path:
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir("qwen2"))
     if len(tokenizer) > QWEN2_5_0_5B["vocab_size"]:
-        raise ValueError(f"tokenizer of {len(tokenizer)} ids does not fit the {QWEN2_5_0_5B['vocab_size']}-token vocabulary")
-    config = Qwen2Config(**QWEN2_5_0_5B, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+        raise ValueError(
+            f"tokenizer of {len(tokenizer)} ids does not fit the {QWEN2_5_0_5B['vocab_size']}-token vocabulary"
+        )
+    config = Qwen2Config(
+        **QWEN2_5_0_5B,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -75,8 +90,12 @@ class GpuMemoryPoller:
     def _poll(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                      "-i", "0"], capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 self.peak_mib = max(self.peak_mib, float(out.strip().splitlines()[0]))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 pass
@@ -102,12 +121,24 @@ def run_one(algo: str, model_dir: Path, out_dir: Path, args, extra: list[str]) -
     prompts, samples = args.prompts, args.samples
     batch = prompts * samples
     overrides = [
-        f"algo={algo}", "model=qwen2_5_0_5b", f"model.name_or_path={model_dir}", "hw=h100x1", "rollout=vllm",
-        "placement=colocated", f"algo.max_steps={args.steps}", "algo.epochs=100",
-        f"algo.prompts_per_step={prompts}", f"algo.samples_per_prompt={samples}",
-        f"algo.train_batch_samples={batch}", f"algo.micro_batch_per_gpu={args.micro_batch}",
-        "rollout.ignore_eos=true", f"rollout.max_new_tokens={args.max_new_tokens}",
-        "engine.gradient_checkpointing=true", "tracking=none", f"output_dir={out_dir / algo}", *extra,
+        f"algo={algo}",
+        "model=qwen2_5_0_5b",
+        f"model.name_or_path={model_dir}",
+        "hw=h100x1",
+        "rollout=vllm",
+        "placement=colocated",
+        f"algo.max_steps={args.steps}",
+        "algo.epochs=100",
+        f"algo.prompts_per_step={prompts}",
+        f"algo.samples_per_prompt={samples}",
+        f"algo.train_batch_samples={batch}",
+        f"algo.micro_batch_per_gpu={args.micro_batch}",
+        "rollout.ignore_eos=true",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        "engine.gradient_checkpointing=true",
+        "tracking=none",
+        f"output_dir={out_dir / algo}",
+        *extra,
     ]
     print(f"== {algo}: python -m rlhf.run {' '.join(overrides)}", flush=True)
     t0 = time.time()
@@ -116,16 +147,36 @@ def run_one(algo: str, model_dir: Path, out_dir: Path, args, extra: list[str]) -
     wall = time.time() - t0
     ray.shutdown()  # the next algorithm starts its own roles on a free GPU
     last = result.last
-    keys = ["timing/step_s", "timing/generate_s", "timing/generate_engine_s", "timing/sleep_wake_s",
-            "timing/reward_s", "timing/logprobs_s", "timing/logprobs_actor_done_s", "timing/logprobs_ref_done_s",
-            "timing/logprobs_critic_done_s", "timing/train_s", "timing/train_policy_s", "timing/weight_sync_s",
-            "perf/tokens_per_s", "rollout/logprob_mismatch", "rollout/response_len_mean"]
-    row = {"algo": algo, "steps": result.steps, "rollout_samples": batch, "wall_s": wall,
-           **{k: last[k] for k in keys if k in last},
-           "generated_tokens_per_s": batch * last.get("rollout/response_len_mean", 0.0)
-           / max(last.get("timing/generate_engine_s", 0.0), 1e-9),
-           **{k: v for k, v in result.eval.items() if k.startswith(("check/", "memory/"))},
-           "memory/nvidia_smi_peak_gib": poller.peak_mib / 1024, "overrides": overrides}
+    keys = [
+        "timing/step_s",
+        "timing/generate_s",
+        "timing/generate_engine_s",
+        "timing/sleep_wake_s",
+        "timing/reward_s",
+        "timing/logprobs_s",
+        "timing/logprobs_actor_done_s",
+        "timing/logprobs_ref_done_s",
+        "timing/logprobs_critic_done_s",
+        "timing/train_s",
+        "timing/train_policy_s",
+        "timing/weight_sync_s",
+        "perf/tokens_per_s",
+        "rollout/logprob_mismatch",
+        "rollout/response_len_mean",
+    ]
+    row = {
+        "algo": algo,
+        "steps": result.steps,
+        "rollout_samples": batch,
+        "wall_s": wall,
+        **{k: last[k] for k in keys if k in last},
+        "generated_tokens_per_s": batch
+        * last.get("rollout/response_len_mean", 0.0)
+        / max(last.get("timing/generate_engine_s", 0.0), 1e-9),
+        **{k: v for k, v in result.eval.items() if k.startswith(("check/", "memory/"))},
+        "memory/nvidia_smi_peak_gib": poller.peak_mib / 1024,
+        "overrides": overrides,
+    }
     return row
 
 
@@ -152,16 +203,26 @@ def main() -> None:
         rows.append(run_one(algo, model_dir, work, args, args.overrides))
         (work / "rl_step.json").write_text(json.dumps(rows, indent=2))
     print(f"\nwrote {work / 'rl_step.json'}")
-    cols = [("step_s", "timing/step_s"), ("gen_s", "timing/generate_s"), ("vllm_s", "timing/generate_engine_s"),
-            ("sleep_s", "timing/sleep_wake_s"), ("logp_s", "timing/logprobs_s"), ("train_s", "timing/train_s"),
-            ("sync_s", "timing/weight_sync_s"), ("tok/s", "perf/tokens_per_s"), ("gen_tok/s", "generated_tokens_per_s"),
-            ("mismatch", "rollout/logprob_mismatch"), ("greedy_ok", "check/greedy_agreement"),
-            ("lp_maxdiff", "check/logprob_max_abs_diff"), ("smi_GiB", "memory/nvidia_smi_peak_gib")]
+    cols = [
+        ("step_s", "timing/step_s"),
+        ("gen_s", "timing/generate_s"),
+        ("vllm_s", "timing/generate_engine_s"),
+        ("sleep_s", "timing/sleep_wake_s"),
+        ("logp_s", "timing/logprobs_s"),
+        ("train_s", "timing/train_s"),
+        ("sync_s", "timing/weight_sync_s"),
+        ("tok/s", "perf/tokens_per_s"),
+        ("gen_tok/s", "generated_tokens_per_s"),
+        ("mismatch", "rollout/logprob_mismatch"),
+        ("greedy_ok", "check/greedy_agreement"),
+        ("lp_maxdiff", "check/logprob_max_abs_diff"),
+        ("smi_GiB", "memory/nvidia_smi_peak_gib"),
+    ]
     print(" ".join(f"{'algo':<6}") + " ".join(f"{c:>10}" for c, _ in cols))
     for r in rows:
         print(f"{r['algo']:<6}" + " ".join(f"{r.get(k, float('nan')):>10.4g}" for _, k in cols))
     for r in rows:
-        mem = {k.split('/', 1)[1]: round(v, 2) for k, v in r.items() if k.startswith("memory/")}
+        mem = {k.split("/", 1)[1]: round(v, 2) for k, v in r.items() if k.startswith("memory/")}
         print(f"{r['algo']} memory GiB: {mem}")
 
 

@@ -41,13 +41,21 @@ def evaluate_model(cfg, output_dir: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     rows = preset_rows(cfg.data, tokenizer, "eval", seed=cfg.seed)
     if e.max_prompts:
-        rows = rows[:e.max_prompts]
+        rows = rows[: e.max_prompts]
     gen = build_generate(cfg, tokenizer, cfg.generate.backend, batch_size=cfg.generate.batch_size)
     rewards = reward_sources(cfg)
     t0 = time.time()
     try:
-        result = evaluate(rows, gen, rewards, e, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
-                          top_p=ro.top_p, top_k=ro.top_k)
+        result = evaluate(
+            rows,
+            gen,
+            rewards,
+            e,
+            max_new_tokens=ro.max_new_tokens,
+            temperature=ro.temperature,
+            top_p=ro.top_p,
+            top_k=ro.top_k,
+        )
     finally:
         rewards.close()
         if hasattr(gen, "close"):

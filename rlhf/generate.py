@@ -37,13 +37,22 @@ def generate(cfg) -> Path:
 
     g = cfg.generate
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
-    rows = (file_rows(g.prompts, g.prompt_key, tokenizer, cfg.data) if g.prompts
-            else preset_rows(cfg.data, tokenizer, "eval", seed=cfg.seed))
+    rows = (
+        file_rows(g.prompts, g.prompt_key, tokenizer, cfg.data)
+        if g.prompts
+        else preset_rows(cfg.data, tokenizer, "eval", seed=cfg.seed)
+    )
     if g.max_prompts:
-        rows = rows[:g.max_prompts]
+        rows = rows[: g.max_prompts]
     gen = build_generate(cfg, tokenizer, g.backend, batch_size=g.batch_size)
-    sampling = Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                        max_new_tokens=g.max_new_tokens or cfg.rollout.max_new_tokens, seed=g.seed)
+    sampling = Sampling(
+        n=g.n,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        max_new_tokens=g.max_new_tokens or cfg.rollout.max_new_tokens,
+        seed=g.seed,
+    )
     t0 = time.time()
     outs = gen(rows, sampling)
     seconds = time.time() - t0
@@ -60,8 +69,10 @@ def generate(cfg) -> Path:
                 rec["finish_reasons"] = [c.finish_reason for c in comps]
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     tokens = sum(c.num_tokens for comps in outs for c in comps)
-    print(f"generated {len(rows)} prompt(s) x {g.n} with {type(gen).__name__} in {seconds:.1f}s "
-          f"({tokens / max(seconds, 1e-9):.0f} tokens/s) -> {out}")
+    print(
+        f"generated {len(rows)} prompt(s) x {g.n} with {type(gen).__name__} in {seconds:.1f}s "
+        f"({tokens / max(seconds, 1e-9):.0f} tokens/s) -> {out}"
+    )
     if hasattr(gen, "close"):
         gen.close()
     return out

@@ -27,8 +27,12 @@ def _find_by_output_dir(client, path: Path) -> Optional[str]:
 
     experiments = [e.experiment_id for e in client.search_experiments()]
     for folder in (path, *path.parents):
-        runs = client.search_runs(experiments, filter_string=f"tags.{TAG_OUTPUT_DIR} = '{folder}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            experiments,
+            filter_string=f"tags.{TAG_OUTPUT_DIR} = '{folder}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if runs:
             return runs[0].info.run_id
     return None
@@ -67,11 +71,20 @@ def find_lineage(path: str, tracking_uri: Optional[str] = None) -> dict:
         "git_commit": tags.get("git_commit"),
         "output_dir": tags.get("output_dir"),
         "checkpoint_dir": tags.get("checkpoint_dir"),
-        "objective": {"metric": tags.get("objective.metric"), "direction": tags.get("objective.direction"),
-                      "value": run.data.metrics.get(OBJECTIVE)},
-        "data": [{"name": i.dataset.name, "digest": i.dataset.digest, "source": json.loads(i.dataset.source),
-                  **{t.key: t.value for t in i.tags if not t.key.startswith("mlflow.")}}
-                 for i in run.inputs.dataset_inputs],
+        "objective": {
+            "metric": tags.get("objective.metric"),
+            "direction": tags.get("objective.direction"),
+            "value": run.data.metrics.get(OBJECTIVE),
+        },
+        "data": [
+            {
+                "name": i.dataset.name,
+                "digest": i.dataset.digest,
+                "source": json.loads(i.dataset.source),
+                **{t.key: t.value for t in i.tags if not t.key.startswith("mlflow.")},
+            }
+            for i in run.inputs.dataset_inputs
+        ],
         "tags": {k: v for k, v in tags.items() if k.startswith(("algo", "model", "hw", "host.", "slurm.", "hydra."))},
         "params": dict(run.data.params),
     }

@@ -246,9 +246,7 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         problems.append("algo.micro_batch_per_gpu and algo.train_batch_samples could not be chosen; set them")
         micro = micro or 0
     elif micro < 1 or tbs < 1:
-        problems.append(
-            f"algo.micro_batch_per_gpu={micro} and algo.train_batch_samples={tbs} must both be >= 1"
-        )
+        problems.append(f"algo.micro_batch_per_gpu={micro} and algo.train_batch_samples={tbs} must both be >= 1")
     elif tbs % (micro * world):
         problems.append(_batch_problem(tbs, micro, world))
     else:
@@ -285,9 +283,11 @@ def resolve_plan(cfg: RunConfig) -> Plan:
             )
         notes.extend(_rollout_notes(cfg, estimates, roles))
         tried = next((c for c in chosen if c.startswith(_NONE_FITS)), None)
-        first = next((i for i, p in enumerate(problems) if p.startswith(("out of GPU memory", "offloaded states"))), None)
+        first = next(
+            (i for i, p in enumerate(problems) if p.startswith(("out of GPU memory", "offloaded states"))), None
+        )
         if tried and first is not None:
-            problems[first] += "\n    the planner tried, each at its smallest micro-batch: " + tried[len(_NONE_FITS):]
+            problems[first] += "\n    the planner tried, each at its smallest micro-batch: " + tried[len(_NONE_FITS) :]
 
     if problems:
         raise PlanError(problems)
@@ -383,8 +383,11 @@ def _check_rollout(cfg: RunConfig, micro: int, world: int, problems: list[str]) 
     """On-policy batch checks; returns (rollout samples per step, optimizer updates per step)."""
     a = cfg.algo
     tbs = a.train_batch_samples
-    for key, value in (("prompts_per_step", a.prompts_per_step), ("samples_per_prompt", a.samples_per_prompt),
-                       ("update_epochs", a.update_epochs)):
+    for key, value in (
+        ("prompts_per_step", a.prompts_per_step),
+        ("samples_per_prompt", a.samples_per_prompt),
+        ("update_epochs", a.update_epochs),
+    ):
         if value < 1:
             problems.append(f"algo.{key}={value} must be >= 1")
     if a.advantage in _group_estimators() and a.samples_per_prompt < 2:
@@ -620,8 +623,13 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         own_pool = ref_plan is not None and ref_plan.pool == "ref"
         shards = (ref_plan.num_workers if own_pool else world) if e.zero_stage == 3 else 1
         by_role["ref"] = inference_memory(
-            "ref", _role_shape(cfg, "ref"), shards=shards, micro_batch=common["micro_batch"], seq_len=seq,
-            bytes_per_param=bytes_per_param, zero3=e.zero_stage == 3,
+            "ref",
+            _role_shape(cfg, "ref"),
+            shards=shards,
+            micro_batch=common["micro_batch"],
+            seq_len=seq,
+            bytes_per_param=bytes_per_param,
+            zero3=e.zero_stage == 3,
         )
     if critic:
         # The critic trains over its own GPUs (placement=separate) and has a value head instead of the LM head.
@@ -629,9 +637,16 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         critic_dp = critic_plan.num_workers if critic_plan is not None and critic_plan.pool == "critic" else world
         critic_micro = critic_plan.micro_batch_per_gpu if critic_plan is not None else 0
         by_role["critic"] = training_memory(
-            "critic", _role_shape(cfg, "critic"),
-            **dict(common, dp_size=critic_dp, lora_fraction=1.0, base_bytes_per_param=None, with_lm_head=False,
-                   micro_batch=critic_micro or common["micro_batch"]),
+            "critic",
+            _role_shape(cfg, "critic"),
+            **dict(
+                common,
+                dp_size=critic_dp,
+                lora_fraction=1.0,
+                base_bytes_per_param=None,
+                with_lm_head=False,
+                micro_batch=critic_micro or common["micro_batch"],
+            ),
         )
     rollout = next((r for r in roles if r.role == "rollout"), None)
     if rollout is not None:
@@ -708,8 +723,11 @@ def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
     shape = _shape(cfg)
     seq = cfg.data.prompt_max_len + ro.max_new_tokens
     _est, capacity = rollout_memory(
-        shape, gpu_memory_gb=cfg.hw.gpu_memory_gb, gpu_memory_utilization=ro.gpu_memory_utilization,
-        tensor_parallel_size=ro.tensor_parallel_size, concurrent_tokens=0,
+        shape,
+        gpu_memory_gb=cfg.hw.gpu_memory_gb,
+        gpu_memory_utilization=ro.gpu_memory_utilization,
+        tensor_parallel_size=ro.tensor_parallel_size,
+        concurrent_tokens=0,
     )
     if capacity < seq:
         notes.append(
@@ -738,10 +756,18 @@ def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
 # Each _fill_* function sets the fields still None on `cfg` (values given in an option file, a tuning file or
 # on the command line are kept as given) and appends one line per choice to `chosen`, saying why.
 
-_ARCH_REQUIRED = ("params_b", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                  "vocab_size")
-_ARCH_DEFAULTS = dict(model_type="llama", num_experts=1, experts_per_token=1, tie_word_embeddings=False,
-                      max_position_embeddings=4096)
+_ARCH_REQUIRED = (
+    "params_b",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+_ARCH_DEFAULTS = dict(
+    model_type="llama", num_experts=1, experts_per_token=1, tie_word_embeddings=False, max_position_embeddings=4096
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -799,8 +825,7 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
     if m.name_or_path.startswith("tiny:") or any(getattr(m, k) is None for k in _ARCH_REQUIRED):
         return
     keys = _ARCH_REQUIRED + tuple(_ARCH_DEFAULTS)
-    same = {name: v for name, v in presets().items()
-            if all(v.get(k) == getattr(m, k) for k in _ARCH_REQUIRED)}
+    same = {name: v for name, v in presets().items() if all(v.get(k) == getattr(m, k) for k in _ARCH_REQUIRED)}
     if not same or any(v.get("name_or_path") == m.name_or_path for v in same.values()):
         return
     name, values = next(iter(same.items()))
@@ -811,33 +836,49 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
             problems.append(str(e))
         else:
             # A hub id known nowhere offline (a fine-tune of the preset's model, say): keep the preset's numbers.
-            chosen.append(f"model: {m.name_or_path} is not available offline; the numbers of conf/model/{name}.yaml "
-                          "are used")
+            chosen.append(
+                f"model: {m.name_or_path} is not available offline; the numbers of conf/model/{name}.yaml are used"
+            )
         return
     if found.source.startswith("conf/model/"):
         return
-    replaced = [k for k in keys if getattr(m, k) is not None and getattr(m, k) == values.get(k)
-                and getattr(m, k) != getattr(found, k)]
+    replaced = [
+        k
+        for k in keys
+        if getattr(m, k) is not None and getattr(m, k) == values.get(k) and getattr(m, k) != getattr(found, k)
+    ]
     for k in keys:
         if getattr(m, k) is None or getattr(m, k) == values.get(k):
             setattr(m, k, getattr(found, k))
     if m.train_defaults:
         m.train_defaults = {}
-    chosen.append(f"model: architecture of {m.name_or_path} from {found.source} ({found.params_b:.3g}B parameters), "
-                  f"not the numbers of conf/model/{name}.yaml" + (f" ({', '.join(replaced)} differ)" if replaced else ""))
+    chosen.append(
+        f"model: architecture of {m.name_or_path} from {found.source} ({found.params_b:.3g}B parameters), "
+        f"not the numbers of conf/model/{name}.yaml" + (f" ({', '.join(replaced)} differ)" if replaced else "")
+    )
 
 
 def _role_shape(cfg: RunConfig, role: str) -> ModelShape:
     """The shape of the critic's or reference's weights: their own model when one is named, else the actor's."""
-    path = cfg.critic.name_or_path if role == "critic" else (
-        cfg.ref.name_or_path or getattr(cfg.algo, "ref_name_or_path", None))
+    path = (
+        cfg.critic.name_or_path
+        if role == "critic"
+        else (cfg.ref.name_or_path or getattr(cfg.algo, "ref_name_or_path", None))
+    )
     if not path:
         return _shape(cfg)
     a = _arch(path, f"{role}.name_or_path")
-    return ModelShape(params_b=a.params_b, hidden_size=a.hidden_size, num_layers=a.num_layers,
-                      vocab_size=a.vocab_size, num_kv_heads=a.num_kv_heads, num_heads=a.num_heads,
-                      num_experts=a.num_experts, experts_per_token=a.experts_per_token,
-                      intermediate_size=a.intermediate_size)
+    return ModelShape(
+        params_b=a.params_b,
+        hidden_size=a.hidden_size,
+        num_layers=a.num_layers,
+        vocab_size=a.vocab_size,
+        num_kv_heads=a.num_kv_heads,
+        num_heads=a.num_heads,
+        num_experts=a.num_experts,
+        experts_per_token=a.experts_per_token,
+        intermediate_size=a.intermediate_size,
+    )
 
 
 def _scale_defaults(cfg: RunConfig):
@@ -879,30 +920,41 @@ def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -
         why = f"{src}" + (f", raised from {tbs} to a multiple of the {world} ranks" if raised != tbs else "")
         chosen.append(f"algo.train_batch_samples={raised} ({why})")
     if onpolicy and a.prompts_per_step is None and a.samples_per_prompt >= 1:
-        samples, src = pick("rollout_samples", scale.ROLLOUT_STEPS * a.train_batch_samples,
-                            f"{scale.ROLLOUT_STEPS} optimizer steps per rollout batch, rlhf/scale.py")
+        samples, src = pick(
+            "rollout_samples",
+            scale.ROLLOUT_STEPS * a.train_batch_samples,
+            f"{scale.ROLLOUT_STEPS} optimizer steps per rollout batch, rlhf/scale.py",
+        )
         # Whole optimizer steps per rollout batch, and whole prompt groups.
         samples = max(samples, a.train_batch_samples)
         step = a.train_batch_samples * a.samples_per_prompt // math.gcd(a.train_batch_samples, a.samples_per_prompt)
         samples = -(-samples // step) * step
         a.prompts_per_step = samples // a.samples_per_prompt
-        chosen.append(f"algo.prompts_per_step={a.prompts_per_step} ({a.prompts_per_step} x {a.samples_per_prompt} = "
-                      f"{samples} rollout samples per step; {src})")
+        chosen.append(
+            f"algo.prompts_per_step={a.prompts_per_step} ({a.prompts_per_step} x {a.samples_per_prompt} = "
+            f"{samples} rollout samples per step; {src})"
+        )
 
 
 def _fill_cpu(cfg: RunConfig, world: int, chosen: list[str]) -> None:
     """A CPU run has no memory budget: ZeRO-2 without offload or checkpointing, the preset's micro-batch."""
     e = cfg.engine
-    for k, v in (("zero_stage", 2), ("gradient_checkpointing", False), ("offload_optimizer", False),
-                 ("offload_params", False)):
+    for k, v in (
+        ("zero_stage", 2),
+        ("gradient_checkpointing", False),
+        ("offload_optimizer", False),
+        ("offload_params", False),
+    ):
         if getattr(e, k) is None:
             setattr(e, k, v)
     a = cfg.algo
     if a.micro_batch_per_gpu is None:
         fits = _micro_candidates(cfg, world)
         a.micro_batch_per_gpu = fits[0] if fits else 1
-        chosen.append(f"algo.micro_batch_per_gpu={a.micro_batch_per_gpu} (the largest up to "
-                      f"{_micro_cap(cfg)} that splits {a.train_batch_samples} samples over {world} rank(s))")
+        chosen.append(
+            f"algo.micro_batch_per_gpu={a.micro_batch_per_gpu} (the largest up to "
+            f"{_micro_cap(cfg)} that splits {a.train_batch_samples} samples over {world} rank(s))"
+        )
     _fill_rollout_defaults(cfg)
 
 
@@ -939,11 +991,14 @@ def _tp_candidates(cfg: RunConfig) -> list[int]:
     """vLLM tensor-parallel sizes the model's heads and one node's GPUs allow, smallest first."""
     m = cfg.model
     per_node = max(cfg.hw.gpus_per_node, 1)
-    return [t for t in _divisors(per_node) if m.num_heads % t == 0 and (m.num_kv_heads % t == 0 or t % m.num_kv_heads == 0)]
+    return [
+        t for t in _divisors(per_node) if m.num_heads % t == 0 and (m.num_kv_heads % t == 0 or t % m.num_kv_heads == 0)
+    ]
 
 
-def _fill_layout(cfg: RunConfig, spec: AlgoSpec, total_gpus: int, critic: bool, reference: bool,
-                 chosen: list[str]) -> None:
+def _fill_layout(
+    cfg: RunConfig, spec: AlgoSpec, total_gpus: int, critic: bool, reference: bool, chosen: list[str]
+) -> None:
     """vLLM engines and tensor parallelism, and the GPU split of placement=separate."""
     ro, p = cfg.rollout, cfg.placement
     vllm = spec.family == "onpolicy" and ro.backend == "vllm" and total_gpus > 0
@@ -988,8 +1043,9 @@ def _fill_layout(cfg: RunConfig, spec: AlgoSpec, total_gpus: int, critic: bool, 
         p.rollout_gpus = 0
 
 
-def _fill_separate_counts(cfg: RunConfig, total_gpus: int, critic: bool, reference: bool, rollout_gpus: int,
-                          chosen: list[str]) -> None:
+def _fill_separate_counts(
+    cfg: RunConfig, total_gpus: int, critic: bool, reference: bool, rollout_gpus: int, chosen: list[str]
+) -> None:
     """placement=separate: the fewest GPUs on which the critic's (and a separate reference's) ZeRO-3 states fit."""
     p = cfg.placement
     budget = cfg.hw.gpu_memory_gb * 0.9 - FRAMEWORK_OVERHEAD_GIB - 2.0
@@ -1007,8 +1063,10 @@ def _fill_separate_counts(cfg: RunConfig, total_gpus: int, critic: bool, referen
             # ZeRO-3 with checkpointing: 2 (weights) + 4 (fp32 gradients) + 12 (Adam) bytes per parameter.
             k = min(fewest(_role_shape(cfg, "critic").params_b, 18), max(left // 2, 1))
             p.critic_gpus = k
-            chosen.append(f"placement.critic_gpus={k} (the fewest on which its ZeRO-3 states, 18 bytes a "
-                          f"parameter, fit in 90% of a GPU; at most half of the {left} non-rollout GPUs)")
+            chosen.append(
+                f"placement.critic_gpus={k} (the fewest on which its ZeRO-3 states, 18 bytes a "
+                f"parameter, fit in 90% of a GPU; at most half of the {left} non-rollout GPUs)"
+            )
         else:
             p.critic_gpus = 0
     if p.ref_gpus is None:
@@ -1038,7 +1096,9 @@ def _engine_candidates(cfg: RunConfig) -> list[tuple[str, dict]]:
     for _name, values in _ENGINE_LADDER:
         merged = {k: (getattr(e, k) if getattr(e, k) is not None else v) for k, v in values.items()}
         # DeepSpeed offloads only partitioned states: CPU Adam needs ZeRO >= 1, offloaded weights ZeRO-3.
-        if (merged["offload_params"] and merged["zero_stage"] != 3) or (merged["offload_optimizer"] and merged["zero_stage"] == 0):
+        if (merged["offload_params"] and merged["zero_stage"] != 3) or (
+            merged["offload_optimizer"] and merged["zero_stage"] == 0
+        ):
             continue
         ckpt = e.gradient_checkpointing if e.gradient_checkpointing is not None else True
         merged["gradient_checkpointing"] = ckpt
@@ -1060,10 +1120,12 @@ def _engine_name(v: dict) -> str:
 
 
 def _trial(cfg: RunConfig, engine: dict, micro: int, util: Optional[float]) -> RunConfig:
-    rollout = replace(cfg.rollout, gpu_memory_utilization=util if util is not None else
-                      (cfg.rollout.gpu_memory_utilization or 0.5))
-    return replace(cfg, engine=replace(cfg.engine, **engine), algo=replace(cfg.algo, micro_batch_per_gpu=micro),
-                   rollout=rollout)
+    rollout = replace(
+        cfg.rollout, gpu_memory_utilization=util if util is not None else (cfg.rollout.gpu_memory_utilization or 0.5)
+    )
+    return replace(
+        cfg, engine=replace(cfg.engine, **engine), algo=replace(cfg.algo, micro_batch_per_gpu=micro), rollout=rollout
+    )
 
 
 def _evaluate(cfg, spec, roles, world, reference, critic, dtype) -> tuple[bool, float, str]:
@@ -1080,16 +1142,23 @@ def _evaluate(cfg, spec, roles, world, reference, critic, dtype) -> tuple[bool, 
         return False, peak, f"{'+'.join(members)} needs {peak:.1f} GiB of {hw.gpu_memory_gb:g}"
     host = _host_gib_per_node(cfg, estimates, roles)
     if host > hw.cpu_memory_gb:
-        return False, peak, (f"its offloaded states need {host:.0f} GiB of host memory per node, "
-                             f"hw.cpu_memory_gb={hw.cpu_memory_gb:g}")
+        return (
+            False,
+            peak,
+            (
+                f"its offloaded states need {host:.0f} GiB of host memory per node, "
+                f"hw.cpu_memory_gb={hw.cpu_memory_gb:g}"
+            ),
+        )
     return True, peak, ""
 
 
 def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen: list[str]) -> None:
     """The fastest engine setting and the largest micro-batch that fit every pool; the most frugal when none does."""
     e, a, ro = cfg.engine, cfg.algo, cfg.rollout
-    engine_auto = any(getattr(e, k) is None for k in ("zero_stage", "gradient_checkpointing", "offload_optimizer",
-                                                      "offload_params"))
+    engine_auto = any(
+        getattr(e, k) is None for k in ("zero_stage", "gradient_checkpointing", "offload_optimizer", "offload_params")
+    )
     micro_auto = a.micro_batch_per_gpu is None
     vllm = spec.family == "onpolicy" and ro.backend == "vllm"
     util_auto = vllm and ro.gpu_memory_utilization is None
@@ -1117,11 +1186,16 @@ def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, ch
                     why = "; ".join(rejected) if rejected else "the fastest setting that fits"
                     chosen.append(f"engine: {name} ({why})")
                 if micro_auto:
-                    chosen.append(f"algo.micro_batch_per_gpu={m} (the largest up to {_micro_cap(cfg)} that splits "
-                                  f"{a.train_batch_samples} samples over {world} rank(s) and fits)")
+                    chosen.append(
+                        f"algo.micro_batch_per_gpu={m} (the largest up to {_micro_cap(cfg)} that splits "
+                        f"{a.train_batch_samples} samples over {world} rank(s) and fits)"
+                    )
                 if util_auto:
-                    where = ("what the training states leave free on each shared GPU"
-                             if cfg.placement.mode != "separate" else "the engines own their GPUs")
+                    where = (
+                        "what the training states leave free on each shared GPU"
+                        if cfg.placement.mode != "separate"
+                        else "the engines own their GPUs"
+                    )
                     chosen.append(f"rollout.gpu_memory_utilization={util:g} ({where})")
                 return
         rejected.append(f"{name}: {reason} at micro-batch {micros[-1]}")
@@ -1158,8 +1232,9 @@ def _auto_fraction(cfg, spec, engine: dict, micro: int, roles, world, reference,
     if cfg.placement.mode == "separate":
         return 0.85
     trial = _trial(cfg, engine, micro, 0.5)
-    estimates, _pools = _memory(trial, spec, _with_batches(roles, micro, 1, micro * world, world, []), world,
-                                reference, critic, dtype)
+    estimates, _pools = _memory(
+        trial, spec, _with_batches(roles, micro, 1, micro * world, world, []), world, reference, critic, dtype
+    )
     by_role = {m.role: m for m in estimates}
     train = [by_role[r] for r in ("actor", "ref", "critic") if r in by_role]
     states = sum(m.weights_gib + m.grads_gib + m.optimizer_gib for m in train)
@@ -1176,23 +1251,32 @@ def _auto_fraction(cfg, spec, engine: dict, micro: int, roles, world, reference,
     per_engine = max(cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt // max(ro.num_engines or 1, 1), 1)
     need = shape.params * 2 / tp / GIB + 1.0 + kv_cache_bytes_per_token(shape) / tp * seq * min(per_engine, 8) / GIB
     if frac * gpu < need:
-        return (f"vLLM would get {frac * gpu:.1f} GiB beside {states:.1f} GiB of training states per GPU, less than "
-                f"the {need:.1f} GiB its weight shard and KV cache for {min(per_engine, 8)} sequences need")
+        return (
+            f"vLLM would get {frac * gpu:.1f} GiB beside {states:.1f} GiB of training states per GPU, less than "
+            f"the {need:.1f} GiB its weight shard and KV cache for {min(per_engine, 8)} sequences need"
+        )
     return frac
 
 
 # Usual remedies for a run that does not fit, each as (override text, change to the typed config).
 _REMEDIES = (
-    ("engine=zero3", dict(engine=dict(zero_stage=3, gradient_checkpointing=True, offload_optimizer=False,
-                                      offload_params=False))),
+    (
+        "engine=zero3",
+        dict(engine=dict(zero_stage=3, gradient_checkpointing=True, offload_optimizer=False, offload_params=False)),
+    ),
     (
         "engine=zero3_offload",
         dict(engine=dict(zero_stage=3, gradient_checkpointing=True, offload_optimizer=True, offload_params=True)),
     ),
-    ("engine.gradient_checkpointing=true algo.micro_batch_per_gpu=1",
-     dict(engine=dict(gradient_checkpointing=True), algo=dict(micro_batch_per_gpu=1))),
+    (
+        "engine.gradient_checkpointing=true algo.micro_batch_per_gpu=1",
+        dict(engine=dict(gradient_checkpointing=True), algo=dict(micro_batch_per_gpu=1)),
+    ),
     ("model.lora.rank=16", dict(lora=dict(rank=16))),
-    ("model.lora.rank=16 engine=zero3", dict(lora=dict(rank=16), engine=dict(zero_stage=3, gradient_checkpointing=True))),
+    (
+        "model.lora.rank=16 engine=zero3",
+        dict(lora=dict(rank=16), engine=dict(zero_stage=3, gradient_checkpointing=True)),
+    ),
     ("model.lora.rank=16 model.lora.load_in_4bit=true (QLoRA)", dict(lora=dict(rank=16, load_in_4bit=True))),
     (
         "model.lora.rank=16 model.lora.load_in_4bit=true engine=zero3",

@@ -91,7 +91,13 @@ def _remove() -> None:
     _levels.clear()
     ours = {(_WARNING_MODULES, c) for c in (UserWarning, FutureWarning, DeprecationWarning)}
     warnings.filters[:] = [
-        f for f in warnings.filters
-        if not (f[0] == "ignore" and ((f[3] is not None and (getattr(f[3], "pattern", None), f[2]) in ours)
-                                      or (f[1] is not None and getattr(f[1], "pattern", None) in _WARNING_MESSAGES)))
+        f
+        for f in warnings.filters
+        if not (
+            f[0] == "ignore"
+            and (
+                (f[3] is not None and (getattr(f[3], "pattern", None), f[2]) in ours)
+                or (f[1] is not None and getattr(f[1], "pattern", None) in _WARNING_MESSAGES)
+            )
+        )
     ]

@@ -79,8 +79,7 @@ def render(client, runs: list, out: Path, title: str):
     return fig
 
 
-def report(out: str, run_id: Optional[str] = None, parent_id: Optional[str] = None,
-           tracking_uri: Optional[str] = None):
+def report(out: str, run_id: Optional[str] = None, parent_id: Optional[str] = None, tracking_uri: Optional[str] = None):
     """Render the report of a run (`run_id`) or of a sweep's children (`parent_id`) into `out`."""
     from mlflow.tracking import MlflowClient
 

@@ -51,6 +51,10 @@ def train_batch_samples(algo_name: str, onpolicy: bool) -> int:
 
 def source(algo_name: str, onpolicy: bool) -> str:
     """The script a default comes from, for the plan's notes."""
-    script = {"sft": "train_sft_llama.sh", "rm": "train_rm_llama.sh", "preference": "train_dpo_llama.sh",
-              "onpolicy": "train_ppo_llama_ray.sh"}[family(algo_name, onpolicy)]
+    script = {
+        "sft": "train_sft_llama.sh",
+        "rm": "train_rm_llama.sh",
+        "preference": "train_dpo_llama.sh",
+        "onpolicy": "train_ppo_llama_ray.sh",
+    }[family(algo_name, onpolicy)]
     return f"rlhf/scale.py, after OpenRLHF examples/scripts/{script}"

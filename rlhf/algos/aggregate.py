@@ -93,7 +93,5 @@ def aggregate_loss(
     """
     fn = lookup(AGG_MODES, mode, what="loss aggregation mode", key="algo.loss_agg")
     if loss_tok.dim() != 2 or loss_tok.shape != mask.shape:
-        raise ValueError(
-            f"loss_tok and mask must both be [B, T], got {tuple(loss_tok.shape)} and {tuple(mask.shape)}"
-        )
+        raise ValueError(f"loss_tok and mask must both be [B, T], got {tuple(loss_tok.shape)} and {tuple(mask.shape)}")
     return fn(loss_tok, mask, num_tokens, num_seqs, max_len)

@@ -203,9 +203,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) 
     return masked_sum(x, m, dim) / _count(m, dim).clamp_min(1)
 
 
-def masked_var(
-    x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None, unbiased: bool = True
-) -> torch.Tensor:
+def masked_var(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None, unbiased: bool = True) -> torch.Tensor:
     """Variance of the masked elements: mean((x - mean)^2), times n / (n - 1) when `unbiased`.
 
     With one element (or none) the variance is 0 rather than NaN.
@@ -220,9 +218,7 @@ def masked_var(
     return var
 
 
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Standardize x over all masked elements: (x - mean) / sqrt(var + eps), var unbiased.
 
     With `shift_mean=False` the mean is added back (only the scale changes), as in PPO value/reward scaling.

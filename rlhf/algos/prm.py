@@ -99,9 +99,7 @@ def prm_loss(
     return loss, {"accuracy": masked_mean(correct, tags).detach()}
 
 
-def prm_step_scores(
-    logits: torch.Tensor, tag_mask: torch.Tensor, positive_id: int, negative_id: int
-) -> torch.Tensor:
+def prm_step_scores(logits: torch.Tensor, tag_mask: torch.Tensor, positive_id: int, negative_id: int) -> torch.Tensor:
     """P(step correct) = softmax over (positive, negative) label logits, at each tag.
 
     Args:

@@ -16,9 +16,7 @@ def _check_pairs(chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         )
 
 
-def pairwise_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, margin: Optional[torch.Tensor] = None
-) -> torch.Tensor:
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-pair loss -log sigmoid(r_c - r_r - m).
 
     Bradley-Terry: P(chosen > rejected) = sigmoid(r_c - r_r); the Llama 2 margin m >= 0 (larger for pairs

@@ -74,9 +74,7 @@ class RunningMeanStd:
         self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
 
 
-def overlong_penalty(
-    lengths: torch.Tensor, max_len: int, buffer_len: int, penalty: float = 1.0
-) -> torch.Tensor:
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, penalty: float = 1.0) -> torch.Tensor:
     """DAPO soft overlong punishment, added to the score. [B] lengths -> [B] float penalties <= 0.
 
         0                                          if L <= max_len - buffer_len
@@ -86,9 +84,7 @@ def overlong_penalty(
     Truncated responses are punished gradually instead of with a cliff, which is less noisy for the policy.
     """
     if not 0 < buffer_len <= max_len:
-        raise ValueError(
-            f"overlong buffer must be in (0, max_len={max_len}] (algo.overlong_buffer), got {buffer_len}"
-        )
+        raise ValueError(f"overlong buffer must be in (0, max_len={max_len}] (algo.overlong_buffer), got {buffer_len}")
     over = (lengths.float() - (max_len - buffer_len)).clamp_min(0)
     return -penalty * (over / buffer_len).clamp_max(1.0)
 

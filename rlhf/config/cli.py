@@ -62,8 +62,11 @@ def _entry_override(arg: str):
 
 def _dict_value(parent: str, entries: Dict[str, List[Tuple[List[str], str]]], multirun: bool) -> str:
     """`{name: {field: value}}`, or for sweeps `{...},{...}` (one dict per combination of swept values)."""
-    slots = [(name, path, _choices(value) if multirun else [value]) for name, fields in entries.items()
-             for path, value in fields]
+    slots = [
+        (name, path, _choices(value) if multirun else [value])
+        for name, fields in entries.items()
+        for path, value in fields
+    ]
     combos = itertools.product(*(choices for _, _, choices in slots))
     rendered = []
     for combo in combos:

@@ -17,8 +17,7 @@ from typing import Optional
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Hydra flags whose next argument is a value, not an override.
-_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name", "-cp",
-                "--config-path")
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name", "-cp", "--config-path")
 _INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
@@ -72,8 +71,10 @@ def preflight(argv: list[str]) -> Optional[str]:
     if config_dir is not None:
         found = _find_config_dir(config_dir)
         if found is None:
-            return (f"config directory '{config_dir}' not found: not in the working directory ({Path.cwd()}) nor in "
-                    f"the project ({CONF_DIR.parent}); sweep files live in {CONF_DIR.parent / 'sweeps'}")
+            return (
+                f"config directory '{config_dir}' not found: not in the working directory ({Path.cwd()}) nor in "
+                f"the project ({CONF_DIR.parent}); sweep files live in {CONF_DIR.parent / 'sweeps'}"
+            )
         _point_argv_at(config_dir, found)
         _CONFIG_DIR.append(found)
     try:
@@ -85,8 +86,10 @@ def preflight(argv: list[str]) -> Optional[str]:
 
 def _preflight(argv: list[str], config_name: str) -> Optional[str]:
     overrides = _overrides(argv)
-    printing = any(a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")
-                   or a.startswith(("--cfg=", "--info=")) for a in argv)
+    printing = any(
+        a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help") or a.startswith(("--cfg=", "--info="))
+        for a in argv
+    )
     if any(a in ("-m", "--multirun") for a in argv) or _declares_multirun(overrides, config_name):
         return None if printing else check_sweep(overrides, config_name)
     try:
@@ -204,7 +207,7 @@ def sweep_points(overrides: list[str], config_name: str = "config") -> tuple[lis
     first = [values[0] for values in grid]
     points = [first]
     for i, values in enumerate(grid):
-        points += [first[:i] + [v] + first[i + 1:] for v in values[1:]]
+        points += [first[:i] + [v] + first[i + 1 :] for v in values[1:]]
     return plain, points
 
 
@@ -267,7 +270,11 @@ def check_sweep(overrides: list[str], config_name: str = "config") -> Optional[s
     count = sum(len(v) for v in bad.values())
     lines = [f"{count} of {len(points)} sweep point(s) cannot run; nothing was launched:"]
     for problem, names in bad.items():
-        where = names[0] if len(names) == 1 else f"{len(names)} points ({'; '.join(names[:4])}{'; ...' if len(names) > 4 else ''})"
+        where = (
+            names[0]
+            if len(names) == 1
+            else f"{len(names)} points ({'; '.join(names[:4])}{'; ...' if len(names) > 4 else ''})"
+        )
         lines.append(f"- {where}:\n    " + problem.replace("\n", "\n    "))
     return "\n".join(lines)
 
@@ -295,7 +302,9 @@ def explain(error: Exception, overrides: list[str], config_name: str = "config")
     m = re.search(r"Key '([^']+)' not in '(\w+)'", text)
     if m and full:
         key = full.group(1)
-        return _unknown_key_message(key, _schema_fields(m.group(2)), m.group(2), _group_hint(key, overrides, config_name))
+        return _unknown_key_message(
+            key, _schema_fields(m.group(2)), m.group(2), _group_hint(key, overrides, config_name)
+        )
     m = re.search(r"Key '([^']+)' is not in struct", text)
     if m and full:
         return _unknown_entry(full.group(1), text, overrides, config_name)
@@ -428,7 +437,9 @@ def _schema_fields(schema: str) -> list[str]:
             return [f.name for f in dataclasses.fields(cls)]
         # Nested schemas: LoraConfig in ModelConfig, SourceConfig in Dict[str, SourceConfig], ...
         for hint in typing.get_type_hints(cls).values():
-            todo.extend(t for t in (hint, *typing.get_args(hint)) if isinstance(t, type) and dataclasses.is_dataclass(t))
+            todo.extend(
+                t for t in (hint, *typing.get_args(hint)) if isinstance(t, type) and dataclasses.is_dataclass(t)
+            )
     return []
 
 

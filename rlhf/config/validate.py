@@ -27,8 +27,7 @@ def parse_duration(value: Any) -> Optional[float]:
             m = _CLOCK.match(text)
             if m is None:
                 raise ValueError(f"{value!r} is not a duration") from None
-            seconds = (int(m["d"] or 0) * 86400 + int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60
-                       + float(m["s"]))
+            seconds = int(m["d"] or 0) * 86400 + int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + float(m["s"])
     if seconds < 0:
         raise ValueError(f"{value!r} is negative")
     return seconds
@@ -42,8 +41,10 @@ def run_control_problems(cfg) -> list[str]:
     try:
         parse_duration(max_time)
     except ValueError:
-        problems.append(f"algo.max_time={max_time!r} is not a wall-time budget: give seconds (algo.max_time=3600) "
-                        "or a clock (algo.max_time=01:00:00, or D-HH:MM:SS), >= 0; null means no limit")
+        problems.append(
+            f"algo.max_time={max_time!r} is not a wall-time budget: give seconds (algo.max_time=3600) "
+            "or a clock (algo.max_time=01:00:00, or D-HH:MM:SS), >= 0; null means no limit"
+        )
     if a.max_steps is not None and a.max_steps < 1:
         problems.append(f"algo.max_steps={a.max_steps} must be >= 1 (null: run all algo.epochs)")
     if a.epochs < 1:
@@ -66,16 +67,21 @@ def eval_problems(e) -> list[str]:
     if e.n_samples < 0:
         problems.append(f"eval.n_samples={e.n_samples} must be >= 0 (0: no sampled evaluation)")
     if not e.greedy and e.n_samples == 0:
-        problems.append("eval.greedy=false with eval.n_samples=0 evaluates nothing; set eval.n_samples >= 1 or "
-                        "eval.greedy=true")
+        problems.append(
+            "eval.greedy=false with eval.n_samples=0 evaluates nothing; set eval.n_samples >= 1 or eval.greedy=true"
+        )
     if e.n_samples > 0:
         bad = [k for k in e.k if not 1 <= k <= e.n_samples]
         if bad or not e.k:
-            problems.append(f"eval.k={list(e.k)}: each k of pass@k / maj@k must lie in 1..eval.n_samples="
-                            f"{e.n_samples}; raise eval.n_samples or drop {bad}")
+            problems.append(
+                f"eval.k={list(e.k)}: each k of pass@k / maj@k must lie in 1..eval.n_samples="
+                f"{e.n_samples}; raise eval.n_samples or drop {bad}"
+            )
         if e.temperature is not None and e.temperature == 0 and e.n_samples > 1:
-            problems.append(f"eval.temperature=0 with eval.n_samples={e.n_samples} gives identical samples, so "
-                            "pass@k equals greedy accuracy; use eval.temperature > 0 (e.g. 1.0)")
+            problems.append(
+                f"eval.temperature=0 with eval.n_samples={e.n_samples} gives identical samples, so "
+                "pass@k equals greedy accuracy; use eval.temperature > 0 (e.g. 1.0)"
+            )
     if e.temperature is not None and e.temperature < 0:
         problems.append(f"eval.temperature={e.temperature} must be >= 0")
     if e.top_p is not None and not 0 < e.top_p <= 1:
@@ -83,8 +89,10 @@ def eval_problems(e) -> list[str]:
     if e.max_new_tokens is not None and e.max_new_tokens < 1:
         problems.append(f"eval.max_new_tokens={e.max_new_tokens} must be >= 1 (null: rollout.max_new_tokens)")
     if ":" not in e.answer_extractor:
-        problems.append(f"eval.answer_extractor={e.answer_extractor!r}: write it as module:function, e.g. "
-                        "rlhf.rewards.functions:extract_answer")
+        problems.append(
+            f"eval.answer_extractor={e.answer_extractor!r}: write it as module:function, e.g. "
+            "rlhf.rewards.functions:extract_answer"
+        )
     return problems
 
 
@@ -97,8 +105,10 @@ def generate_problems(g) -> list[str]:
     if g.temperature < 0:
         problems.append(f"generate.temperature={g.temperature} must be >= 0 (0: greedy)")
     elif g.temperature == 0 and g.n > 1:
-        problems.append(f"generate.n={g.n} with generate.temperature=0 (greedy) gives {g.n} identical responses; "
-                        "set generate.temperature > 0 (e.g. 1.0) or generate.n=1")
+        problems.append(
+            f"generate.n={g.n} with generate.temperature=0 (greedy) gives {g.n} identical responses; "
+            "set generate.temperature > 0 (e.g. 1.0) or generate.n=1"
+        )
     if not 0 < g.top_p <= 1:
         problems.append(f"generate.top_p={g.top_p} must lie in (0, 1]")
     if g.max_new_tokens is not None and g.max_new_tokens < 1:

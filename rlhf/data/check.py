@@ -40,8 +40,9 @@ class DataCheckError(Exception):
 
 
 def _problem_lines(i: int, p: DataError) -> List[str]:
-    where = ", ".join(x for x in (f"source '{p.source}'" if p.source else "", p.origin or "",
-                                   f"key {p.key}" if p.key else "") if x)
+    where = ", ".join(
+        x for x in (f"source '{p.source}'" if p.source else "", p.origin or "", f"key {p.key}" if p.key else "") if x
+    )
     lines = [f"  {i}. {where + ': ' if where else ''}{p.problem}"]
     if p.hint:
         lines.append(f"     fix: {p.hint}")
@@ -67,20 +68,28 @@ class SourceReport:
 
     def lines(self, cfg_data) -> List[str]:
         how = "detected" if self.detected else "(keys of the config)" if self.format == "custom" else "named"
-        out = [f"data: {self.format} format {how} in {self.location} (source '{self.name}'; {self.good} of the first "
-               f"{self.rows} rows usable)"]
+        out = [
+            f"data: {self.format} format {how} in {self.location} (source '{self.name}'; {self.good} of the first "
+            f"{self.rows} rows usable)"
+        ]
         if self.bad:
             counts = collections.Counter(b.reason for b in self.bad)
             first: Dict[str, str] = {}
             for b in self.bad:
                 first.setdefault(b.reason, b.origin)
-            out.append("      skipped: " + ", ".join(f"{n} x {r} (first at {first[r]})" for r, n in counts.most_common()))
+            out.append(
+                "      skipped: " + ", ".join(f"{n} x {r} (first at {first[r]})" for r, n in counts.most_common())
+            )
         if self.prompt_tokens:
-            out.append(f"      prompt tokens {_stats(self.prompt_tokens)}; {_pct(self.prompt_cut, self.good)} cut to "
-                       f"data.prompt_max_len={cfg_data.prompt_max_len}")
+            out.append(
+                f"      prompt tokens {_stats(self.prompt_tokens)}; {_pct(self.prompt_cut, self.good)} cut to "
+                f"data.prompt_max_len={cfg_data.prompt_max_len}"
+            )
         if self.sample_tokens:
-            out.append(f"      sample tokens {_stats(self.sample_tokens)}; {_pct(self.sample_cut, self.good)} cut to "
-                       f"data.max_len={cfg_data.max_len}")
+            out.append(
+                f"      sample tokens {_stats(self.sample_tokens)}; {_pct(self.sample_cut, self.good)} cut to "
+                f"data.max_len={cfg_data.max_len}"
+            )
         if self.eval:
             out.append(f"      eval: {self.eval}")
         return out
@@ -172,8 +181,9 @@ def _check_source(task, name, src, data, tokenizer, step_tag, problems, report) 
         fmt, out.detected = detection.format, True
     out.format = fmt.name
     limit = int(data.check_rows)
-    read = read_source(name, src, src.split, bad_rows="skip", max_bad_fraction=1.0, check=row_check(fmt, task, opts),
-                       limit=limit)
+    read = read_source(
+        name, src, src.split, bad_rows="skip", max_bad_fraction=1.0, check=row_check(fmt, task, opts), limit=limit
+    )
     out.location = read.location
     out.bad = list(read.bad)
     full = _Unbounded(data)
@@ -203,9 +213,11 @@ def _check_source(task, name, src, data, tokenizer, step_tag, problems, report) 
     for what, cut in (("prompts", out.prompt_cut), ("samples", out.sample_cut)):
         if out.good and cut / out.good > 0.1:
             key = "data.prompt_max_len" if what == "prompts" else "data.max_len"
-            report.warnings.append(f"source '{name}': {_pct(cut, out.good)} of the checked {what} are longer than "
-                                   f"{key}={getattr(data, key.split('.')[1])} and will be cut; raise {key} if that "
-                                   "loses what matters")
+            report.warnings.append(
+                f"source '{name}': {_pct(cut, out.good)} of the checked {what} are longer than "
+                f"{key}={getattr(data, key.split('.')[1])} and will be cut; raise {key} if that "
+                "loses what matters"
+            )
     return out
 
 
@@ -237,18 +249,32 @@ def _bad_row_problems(name, src, fmt, opts, out: SourceReport, data, problems, r
     share = len(out.bad) / max(out.rows, 1)
     if data.bad_rows == "error":
         b = out.bad[0]
-        problems.append(DataError(b.reason + (f" ({b.detail})" if b.detail else ""), source=name, origin=b.origin,
-                                  key=_config_key(name, fmt, opts, b.key),
-                                  hint="fix or delete the row, or set data.bad_rows=skip to leave such rows out"))
+        problems.append(
+            DataError(
+                b.reason + (f" ({b.detail})" if b.detail else ""),
+                source=name,
+                origin=b.origin,
+                key=_config_key(name, fmt, opts, b.key),
+                hint="fix or delete the row, or set data.bad_rows=skip to leave such rows out",
+            )
+        )
     elif out.good == 0 or share > data.max_bad_fraction:
         detail = f" ({first.detail})" if first.detail else ""
-        problems.append(DataError(
-            f"{len(out.bad)} of the first {out.rows} rows are bad (data.max_bad_fraction={data.max_bad_fraction}); "
-            f"most common: {count} x {reason}{detail}", source=name, origin=first.origin,
-            key=_config_key(name, fmt, opts, first.key), hint=_fix(name, fmt, reason, first)))
+        problems.append(
+            DataError(
+                f"{len(out.bad)} of the first {out.rows} rows are bad (data.max_bad_fraction={data.max_bad_fraction}); "
+                f"most common: {count} x {reason}{detail}",
+                source=name,
+                origin=first.origin,
+                key=_config_key(name, fmt, opts, first.key),
+                hint=_fix(name, fmt, reason, first),
+            )
+        )
     elif share > WARN_BAD_FRACTION:
-        report.warnings.append(f"source '{name}': {len(out.bad)} of the first {out.rows} rows will be skipped "
-                               f"(most common: {count} x {reason}, first at {first.origin})")
+        report.warnings.append(
+            f"source '{name}': {len(out.bad)} of the first {out.rows} rows will be skipped "
+            f"(most common: {count} x {reason}, first at {first.origin})"
+        )
 
 
 def _config_key(name: str, fmt: Format, opts, row_key: Optional[str]) -> Optional[str]:
@@ -261,12 +287,16 @@ def _config_key(name: str, fmt: Format, opts, row_key: Optional[str]) -> Optiona
 
 def _fix(name: str, fmt: Format, reason: str, bad: BadRow) -> str:
     if reason.startswith("prompt contains its own"):
-        return ("the prompt key holds the whole conversation: leave the keys unset so the format is detected, or "
-                "name it (e.g. data.format=hh_rlhf for '\\n\\nHuman: ... \\n\\nAssistant:' text)")
+        return (
+            "the prompt key holds the whole conversation: leave the keys unset so the format is detected, or "
+            "name it (e.g. data.format=hh_rlhf for '\\n\\nHuman: ... \\n\\nAssistant:' text)"
+        )
     if reason.startswith(("missing key", "wrong type", "empty string")):
-        return (f"rename the key with data.sources.{name}.<input_key|output_key|chosen_key|rejected_key|label_key>="
-                f"<row key>, or name another format with data.sources.{name}.format=<name> (formats: "
-                f"{', '.join(sorted(FORMATS))})")
+        return (
+            f"rename the key with data.sources.{name}.<input_key|output_key|chosen_key|rejected_key|label_key>="
+            f"<row key>, or name another format with data.sources.{name}.format=<name> (formats: "
+            f"{', '.join(sorted(FORMATS))})"
+        )
     if reason.startswith(("invalid JSON", "not a JSON object", "invalid UTF-8")):
         return "check the file format: .jsonl holds one JSON object per line"
     if reason.startswith("no ") and "left after truncation" in reason:
@@ -278,26 +308,43 @@ def _eval_text(kind, path, split, src, data, name, task, fmt, opts, problems) ->
     from rlhf.data.datasets import row_check
 
     if kind == "none":
-        return ("none (eval_split is null)" if src.eval_split is None else
-                f"none (no split '{src.eval_split}' and data.eval_fraction=0)")
+        return (
+            "none (eval_split is null)"
+            if src.eval_split is None
+            else f"none (no split '{src.eval_split}' and data.eval_fraction=0)"
+        )
     if kind == "hold_out":
         why = f"; the source has no split '{src.eval_split}'" if src.eval_split else ""
         return f"{data.eval_fraction:g} of the training rows held out (at most {data.eval_max_rows}){why}"
     if kind == "split" and not _is_local(name, src.path):
         return f"split '{split}' of {src.path}"
     try:
-        read = read_source(name, src, split, path=path, bad_rows="skip", max_bad_fraction=1.0,
-                           check=row_check(fmt, task, opts), limit=int(data.check_rows))
+        read = read_source(
+            name,
+            src,
+            split,
+            path=path,
+            bad_rows="skip",
+            max_bad_fraction=1.0,
+            check=row_check(fmt, task, opts),
+            limit=int(data.check_rows),
+        )
     except DataError as e:
         problems.append(e)
         return "unreadable"
     good = len(read.rows)
     if read.bad and (good == 0 or len(read.bad) > data.max_bad_fraction * (good + len(read.bad))):
         b = read.bad[0]
-        problems.append(DataError(f"{len(read.bad)} of the first {good + len(read.bad)} eval rows are bad: "
-                                  f"{b.reason}{' (' + b.detail + ')' if b.detail else ''}", source=name,
-                                  origin=b.origin, key=f"data.sources.{name}.eval_path" if path else None,
-                                  hint=f"the eval rows must have the format of the training rows ({fmt.name})"))
+        problems.append(
+            DataError(
+                f"{len(read.bad)} of the first {good + len(read.bad)} eval rows are bad: "
+                f"{b.reason}{' (' + b.detail + ')' if b.detail else ''}",
+                source=name,
+                origin=b.origin,
+                key=f"data.sources.{name}.eval_path" if path else None,
+                hint=f"the eval rows must have the format of the training rows ({fmt.name})",
+            )
+        )
     return f"{read.location} ({good} of the first {good + len(read.bad)} rows usable)"
 
 
@@ -318,8 +365,11 @@ def _check_reward_fields(cfg, report: DataReport) -> List[DataError]:
         try:
             fn = load_reward_function(rsrc.path, **dict(rsrc.kwargs))
         except RewardError as e:
-            problems.append(DataError(str(e), key=f"reward.sources.{rname}.path",
-                                      hint="give module:function or path/to/file.py:function"))
+            problems.append(
+                DataError(
+                    str(e), key=f"reward.sources.{rname}.path", hint="give module:function or path/to/file.py:function"
+                )
+            )
             continue
         for s in report.sources:
             if not s.good:
@@ -327,9 +377,14 @@ def _check_reward_fields(cfg, report: DataReport) -> List[DataError]:
             missing = [f for f in fn.required_fields if f not in s.field_names]
             if missing:
                 origin = s.examples[0]["origin"] if s.examples else None
-                problems.append(DataError(
-                    f"reward function '{fn.name}' reads field(s) {missing}, but the rows have fields {s.field_names}",
-                    source=s.name, origin=origin, key=f"reward.sources.{rname}",
-                    hint=f"add the column(s) to the rows, or drop reward.sources.{rname} (~reward.sources.{rname}) "
-                    "for data without reference answers"))
+                problems.append(
+                    DataError(
+                        f"reward function '{fn.name}' reads field(s) {missing}, but the rows have fields {s.field_names}",
+                        source=s.name,
+                        origin=origin,
+                        key=f"reward.sources.{rname}",
+                        hint=f"add the column(s) to the rows, or drop reward.sources.{rname} (~reward.sources.{rname}) "
+                        "for data without reference answers",
+                    )
+                )
     return problems

@@ -22,7 +22,8 @@ def pad_token_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     raise DataError(
-        "the tokenizer has neither a pad_token nor an eos_token", key="tokenizer.pad_token",
+        "the tokenizer has neither a pad_token nor an eos_token",
+        key="tokenizer.pad_token",
         hint="set tokenizer.pad_token before building batches",
     )
 

@@ -219,8 +219,14 @@ def eval_location(name: str, src: SourceConfig, cfg: DataConfig) -> Tuple[str, O
     an eval split the source has, ("hold_out", None, None) for data.eval_fraction of the training rows when it
     has none, or ("none", None, None) with eval_split null."""
     if src.eval_path:
-        local_split = next((s for s in (src.eval_split, "test", "validation", src.split)
-                            if s and split_available(name, src, s, src.eval_path)), src.split)
+        local_split = next(
+            (
+                s
+                for s in (src.eval_split, "test", "validation", src.split)
+                if s and split_available(name, src, s, src.eval_path)
+            ),
+            src.split,
+        )
         return "path", src.eval_path, local_split
     if src.eval_split is None:
         return "none", None, None
@@ -240,8 +246,9 @@ def read_split(
     limit: Optional[int] = None,
 ) -> Optional[SourceRows]:
     """The checked rows of `split` ("train" or "eval") of one source, or None when it has no eval rows."""
-    policy = dict(bad_rows=cfg.bad_rows, max_bad_fraction=cfg.max_bad_fraction, check=check, key_fields=key_fields,
-                  limit=limit)
+    policy = dict(
+        bad_rows=cfg.bad_rows, max_bad_fraction=cfg.max_bad_fraction, check=check, key_fields=key_fields, limit=limit
+    )
     kind, path, eval_split = eval_location(name, src, cfg)
     if split == "eval" and kind in ("path", "split"):
         return read_source(name, src, eval_split, path=path, **policy)
@@ -260,7 +267,9 @@ def read_split(
 # ------------------------------------------------------------------------------------------------ task tables
 
 
-def tokenize_example(task: str, ex: Mapping[str, Any], tokenizer: Any, cfg: Any, step_tag: Optional[str]) -> Dict[str, Any]:
+def tokenize_example(
+    task: str, ex: Mapping[str, Any], tokenizer: Any, cfg: Any, step_tag: Optional[str]
+) -> Dict[str, Any]:
     """The tokenized sample of a canonical example (rlhf/data/formats.py) for `task`."""
     if task == "sft":
         return tokenize_sft(ex["prompt"], ex.get("response"), tokenizer, cfg)

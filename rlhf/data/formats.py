@@ -36,8 +36,16 @@ TASK_ALGOS = {
 }
 # ShareGPT speaker names -> chat roles (data.role_map adds or replaces entries).
 DEFAULT_ROLE_MAP = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-    "model": "assistant", "bing": "assistant", "bard": "assistant", "system": "system", "tool": "tool",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+    "tool": "tool",
 }
 HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 GSM8K_MARK = "####"
@@ -76,7 +84,8 @@ class Format:
 
 def _is_messages(value: Any, content: str = "content", role: str = "role") -> bool:
     return (
-        isinstance(value, list) and bool(value)
+        isinstance(value, list)
+        and bool(value)
         and all(isinstance(m, dict) and isinstance(m.get(role), str) and isinstance(m.get(content), str) for m in value)
     )
 
@@ -101,8 +110,9 @@ _KIND_CHECK: Dict[str, Callable[[Any], bool]] = {
     "sharegpt": lambda v: _is_messages(v, "value", "from"),
     "label": lambda v: isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)),
     "str_list": lambda v: isinstance(v, list) and bool(v) and all(isinstance(s, str) and s.strip() for s in v),
-    "label_list": lambda v: isinstance(v, list) and bool(v)
-    and all(isinstance(x, (bool, int, float)) and 0 <= float(x) <= 1 for x in v),
+    "label_list": lambda v: (
+        isinstance(v, list) and bool(v) and all(isinstance(x, (bool, int, float)) and 0 <= float(x) <= 1 for x in v)
+    ),
 }
 
 
@@ -112,7 +122,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         if not value:
             return "an empty list"
-        return f"a list of {type(value[0]).__name__}" + (f" with keys {sorted(value[0])}" if isinstance(value[0], dict) else "")
+        return f"a list of {type(value[0]).__name__}" + (
+            f" with keys {sorted(value[0])}" if isinstance(value[0], dict) else ""
+        )
     if isinstance(value, dict):
         return f"an object with keys {sorted(value)[:6]}"
     return f"a value of type {type(value).__name__}"
@@ -122,8 +134,11 @@ def get(row: Mapping[str, Any], key: str, kind: str, what: str = "") -> Any:
     """row[key] checked to be of `kind`; RowError naming the key, the expected type and a key that has it."""
     if key not in row or row[key] is None:
         present = sorted(k for k in row if not k.startswith("_"))
-        raise RowError(f"missing key '{key}'", key=key,
-                       detail=("value is null" if key in row else f"the row has keys {present}") + what)
+        raise RowError(
+            f"missing key '{key}'",
+            key=key,
+            detail=("value is null" if key in row else f"the row has keys {present}") + what,
+        )
     value = row[key]
     if _KIND_CHECK[kind](value):
         return value
@@ -131,8 +146,9 @@ def get(row: Mapping[str, Any], key: str, kind: str, what: str = "") -> Any:
         raise RowError(f"empty string at key '{key}'", key=key, detail=f"expected {_KIND_TEXT[kind]}")
     holders = [k for k, v in row.items() if k != key and not k.startswith("_") and _KIND_CHECK[kind](v)]
     hint = f"; key '{holders[0]}' holds {_KIND_TEXT[kind]}" if holders else ""
-    raise RowError(f"wrong type at key '{key}'", key=key,
-                   detail=f"expected {_KIND_TEXT[kind]}, got {_describe(value)}{hint}")
+    raise RowError(
+        f"wrong type at key '{key}'", key=key, detail=f"expected {_KIND_TEXT[kind]}, got {_describe(value)}{hint}"
+    )
 
 
 def _has(row: Mapping[str, Any], key: str, kind: str) -> bool:
@@ -145,8 +161,9 @@ def _key(fmt_keys: Mapping[str, str], opts: FormatOptions, config_field: str) ->
 
 def scalar_fields(row: Mapping[str, Any]) -> Dict[str, Any]:
     """Every top-level scalar column of a row (strings, numbers, bools): what reward functions may read."""
-    return {k: v for k, v in row.items()
-            if not k.startswith("_") and (v is None or isinstance(v, (str, int, float, bool)))}
+    return {
+        k: v for k, v in row.items() if not k.startswith("_") and (v is None or isinstance(v, (str, int, float, bool)))
+    }
 
 
 def _fields(row: Mapping[str, Any], opts: FormatOptions, derived: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -159,8 +176,9 @@ def _fields(row: Mapping[str, Any], opts: FormatOptions, derived: Optional[Dict[
 def get_any(row: Mapping[str, Any], key: str) -> Any:
     if key not in row:
         present = sorted(k for k in row if not k.startswith("_"))
-        raise RowError(f"missing key '{key}'", key=key, detail=f"listed in data.sources.<name>.fields; the row has "
-                       f"keys {present}")
+        raise RowError(
+            f"missing key '{key}'", key=key, detail=f"listed in data.sources.<name>.fields; the row has keys {present}"
+        )
     return row[key]
 
 
@@ -187,8 +205,11 @@ def apply_prompt_template(template: Optional[str], values: Mapping[str, Any], pr
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise DataError(f"prompt template {template!r} is not a format string ({e})", key="data.prompt_template",
-                        hint="write e.g. '{instruction}\\n\\n{input}' (double literal braces: '{{')") from e
+        raise DataError(
+            f"prompt template {template!r} is not a format string ({e})",
+            key="data.prompt_template",
+            hint="write e.g. '{instruction}\\n\\n{input}' (double literal braces: '{{')",
+        ) from e
     pieces: List[Tuple[str, Optional[str]]] = []  # (literal before, value or None when no field)
     for literal, name, spec, _conv in parts:
         if name is None:
@@ -200,9 +221,12 @@ def apply_prompt_template(template: Optional[str], values: Mapping[str, Any], pr
         elif key in values:
             value = values[key]
         else:
-            raise RowError(f"missing key '{key}'", key=key,
-                           detail=f"named by the prompt template {template!r}; the row has keys "
-                           f"{sorted(k for k in values if not k.startswith('_'))}")
+            raise RowError(
+                f"missing key '{key}'",
+                key=key,
+                detail=f"named by the prompt template {template!r}; the row has keys "
+                f"{sorted(k for k in values if not k.startswith('_'))}",
+            )
         text = "" if value is None else str(value)
         pieces.append((literal, format(text, spec) if spec else text))
     out: List[str] = []
@@ -232,13 +256,13 @@ def parse_hh(text: str) -> Messages:
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         role = "user" if m.group(1) == "Human" else "assistant"
-        messages.append({"role": role, "content": text[m.end():end].strip()})
+        messages.append({"role": role, "content": text[m.end() : end].strip()})
     return messages
 
 
 def _hh_match(row, opts):
     c, r = opts.keys.get("chosen_key") or "chosen", opts.keys.get("rejected_key") or "rejected"
-    return (_has(row, c, "str") and _has(row, r, "str") and "Human:" in row[c] and "Assistant:" in row[c])
+    return _has(row, c, "str") and _has(row, r, "str") and "Human:" in row[c] and "Assistant:" in row[c]
 
 
 def _hh_normalize(row, task, opts):
@@ -256,15 +280,22 @@ def _hh_normalize(row, task, opts):
         raise _no_task("hh_rlhf", task)
     rejected = parse_hh(get(row, rk, "str"))
     if prompt_until_last_assistant(rejected) != prompt:
-        raise RowError("chosen and rejected do not share the conversation before the last Assistant turn",
-                       key=rk, detail="HH-RLHF pairs differ only in their last Assistant turn")
-    return {"prompt": prompt, "chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):], "fields": fields}
+        raise RowError(
+            "chosen and rejected do not share the conversation before the last Assistant turn",
+            key=rk,
+            detail="HH-RLHF pairs differ only in their last Assistant turn",
+        )
+    return {"prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :], "fields": fields}
 
 
 def _conv_pair_match(row, opts):
     c, r = opts.keys.get("chosen_key") or "chosen", opts.keys.get("rejected_key") or "rejected"
-    return (_has(row, c, "messages") and _has(row, r, "messages")
-            and row[c][0]["role"] != "assistant" and row[r][0]["role"] != "assistant")
+    return (
+        _has(row, c, "messages")
+        and _has(row, r, "messages")
+        and row[c][0]["role"] != "assistant"
+        and row[r][0]["role"] != "assistant"
+    )
 
 
 def _conv_pair_normalize(row, task, opts):
@@ -294,8 +325,11 @@ def _sharegpt_messages(row, opts) -> Messages:
         speaker = turn["from"]
         role = roles.get(speaker.lower())
         if role is None:
-            raise RowError(f"unknown ShareGPT speaker '{speaker}'", key=key,
-                           detail=f"turn {i}; map it with +data.role_map.{speaker}=<user|assistant|system|tool>")
+            raise RowError(
+                f"unknown ShareGPT speaker '{speaker}'",
+                key=key,
+                detail=f"turn {i}; map it with +data.role_map.{speaker}=<user|assistant|system|tool>",
+            )
         messages.append({"role": role, "content": turn["value"]})
     return messages
 
@@ -382,8 +416,12 @@ def _pairs_normalize(row, task, opts):
     if task == "sft":
         return {"prompt": prompt, "response": chosen, "fields": fields}
     if task == "pair":
-        return {"prompt": prompt, "chosen": chosen, "rejected": get(row, _key(PAIRS.keys, opts, "rejected_key"), "text"),
-                "fields": fields}
+        return {
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": get(row, _key(PAIRS.keys, opts, "rejected_key"), "text"),
+            "fields": fields,
+        }
     raise _no_task("pairs", task)
 
 
@@ -439,8 +477,12 @@ def _kto_normalize(row, task, opts):
     completion = get(row, _key(KTO.keys, opts, "output_key"), "text")
     fields = _fields(row, opts)
     if task == "unpaired":
-        return {"prompt": prompt, "response": completion,
-                "label": bool(get(row, _key(KTO.keys, opts, "label_key"), "label")), "fields": fields}
+        return {
+            "prompt": prompt,
+            "response": completion,
+            "label": bool(get(row, _key(KTO.keys, opts, "label_key"), "label")),
+            "fields": fields,
+        }
     if task == "prompt":
         return {"prompt": prompt, "fields": fields}
     raise _no_task("kto", task)
@@ -462,8 +504,12 @@ def _prm_normalize(row, task, opts):
         return {"prompt": prompt, "fields": _fields(row, opts)}
     if task != "prm":
         raise _no_task("prm", task)
-    return {"prompt": prompt, "steps": get(row, _prm_steps_key(row, opts), "str_list"),
-            "labels": get(row, _key(PRM.keys, opts, "label_key"), "label_list"), "fields": {}}
+    return {
+        "prompt": prompt,
+        "steps": get(row, _prm_steps_key(row, opts), "str_list"),
+        "labels": get(row, _key(PRM.keys, opts, "label_key"), "label_list"),
+        "fields": {},
+    }
 
 
 def _custom_normalize(row, task, opts):
@@ -492,11 +538,19 @@ def _custom_normalize(row, task, opts):
             return {"prompt": prompt, "response": None, "fields": fields}  # a whole conversation
         return {"prompt": prompt, "response": get(row, ok or "response", "text"), "fields": fields}
     if task == "unpaired":
-        return {"prompt": prompt, "response": get(row, ok or "completion", "text"),
-                "label": bool(get(row, k["label_key"] or "label", "label")), "fields": fields}
+        return {
+            "prompt": prompt,
+            "response": get(row, ok or "completion", "text"),
+            "label": bool(get(row, k["label_key"] or "label", "label")),
+            "fields": fields,
+        }
     if task == "prm":
-        return {"prompt": prompt, "steps": get(row, ok or "steps", "str_list"),
-                "labels": get(row, k["label_key"] or "labels", "label_list"), "fields": {}}
+        return {
+            "prompt": prompt,
+            "steps": get(row, ok or "steps", "str_list"),
+            "labels": get(row, k["label_key"] or "labels", "label_list"),
+            "fields": {},
+        }
     raise _no_task("custom", task)
 
 
@@ -513,87 +567,200 @@ def _keyed_match(pairs: Sequence[Tuple[str, str, str]]):
 
 _HH_TEXT = "\n\nHuman: What is 2 plus 3?\n\nAssistant: 5."
 HH = Format(
-    "hh_rlhf", "Anthropic HH-RLHF: chosen/rejected whole conversations as '\\n\\nHuman: ... \\n\\nAssistant: ...' "
-    "text; prompt = the turns before the last Assistant turn", ("pair", "sft", "prompt"),
-    {"chosen_key": "chosen", "rejected_key": "rejected"}, ("chosen", "rejected"), _hh_match, _hh_normalize,
-    hub="Anthropic/hh-rlhf", example={"chosen": _HH_TEXT, "rejected": "\n\nHuman: What is 2 plus 3?\n\nAssistant: 6."})
+    "hh_rlhf",
+    "Anthropic HH-RLHF: chosen/rejected whole conversations as '\\n\\nHuman: ... \\n\\nAssistant: ...' "
+    "text; prompt = the turns before the last Assistant turn",
+    ("pair", "sft", "prompt"),
+    {"chosen_key": "chosen", "rejected_key": "rejected"},
+    ("chosen", "rejected"),
+    _hh_match,
+    _hh_normalize,
+    hub="Anthropic/hh-rlhf",
+    example={"chosen": _HH_TEXT, "rejected": "\n\nHuman: What is 2 plus 3?\n\nAssistant: 6."},
+)
 ULTRAFEEDBACK = Format(
-    "ultrafeedback", "UltraFeedback-binarized: chosen/rejected message lists sharing the prompt turns "
-    "(splits train_prefs/test_prefs)", ("pair", "sft", "prompt"),
-    {"input_key": "prompt", "chosen_key": "chosen", "rejected_key": "rejected"}, ("chosen", "rejected", "prompt"),
-    _conv_pair_match, _conv_pair_normalize, hub="HuggingFaceH4/ultrafeedback_binarized",
-    example={"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
-             "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}]})
+    "ultrafeedback",
+    "UltraFeedback-binarized: chosen/rejected message lists sharing the prompt turns (splits train_prefs/test_prefs)",
+    ("pair", "sft", "prompt"),
+    {"input_key": "prompt", "chosen_key": "chosen", "rejected_key": "rejected"},
+    ("chosen", "rejected", "prompt"),
+    _conv_pair_match,
+    _conv_pair_normalize,
+    hub="HuggingFaceH4/ultrafeedback_binarized",
+    example={
+        "prompt": "Hi?",
+        "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
+        "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}],
+    },
+)
 SHAREGPT = Format(
-    "sharegpt", "ShareGPT/OpenHermes: conversations of {from: human|gpt|system, value} (data.role_map for other "
-    "speakers)", ("sft", "pretrain", "prompt"), {"input_key": "conversations"}, ("conversations",),
+    "sharegpt",
+    "ShareGPT/OpenHermes: conversations of {from: human|gpt|system, value} (data.role_map for other speakers)",
+    ("sft", "pretrain", "prompt"),
+    {"input_key": "conversations"},
+    ("conversations",),
     _keyed_match([("input_key", "conversations", "sharegpt")]),
-    _conversation_normalize(_sharegpt_messages, "sharegpt"), hub="teknium/OpenHermes-2.5",
-    example={"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]})
+    _conversation_normalize(_sharegpt_messages, "sharegpt"),
+    hub="teknium/OpenHermes-2.5",
+    example={"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+)
 ALPACA = Format(
-    "alpaca", "Alpaca: instruction + optional input + output; prompt = data.prompt_template "
-    "(default '{instruction}\\n\\n{input}')", ("sft", "prompt", "pretrain"),
-    {"input_key": "instruction", "output_key": "output"}, ("instruction", "output"),
-    _keyed_match([("input_key", "instruction", "str"), ("output_key", "output", "str")]), _alpaca_normalize,
-    hub="tatsu-lab/alpaca", example={"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},
-    prompt_template="{instruction}\n\n{input}")
+    "alpaca",
+    "Alpaca: instruction + optional input + output; prompt = data.prompt_template "
+    "(default '{instruction}\\n\\n{input}')",
+    ("sft", "prompt", "pretrain"),
+    {"input_key": "instruction", "output_key": "output"},
+    ("instruction", "output"),
+    _keyed_match([("input_key", "instruction", "str"), ("output_key", "output", "str")]),
+    _alpaca_normalize,
+    hub="tatsu-lab/alpaca",
+    example={"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},
+    prompt_template="{instruction}\n\n{input}",
+)
 MESSAGES = Format(
-    "messages", "OpenAI-style messages: [{role, content}, ...]; every assistant turn is trained",
-    ("sft", "pretrain", "prompt"), {"input_key": "messages"}, ("messages",),
-    _keyed_match([("input_key", "messages", "messages")]), _conversation_normalize(_messages_of, "messages"),
+    "messages",
+    "OpenAI-style messages: [{role, content}, ...]; every assistant turn is trained",
+    ("sft", "pretrain", "prompt"),
+    {"input_key": "messages"},
+    ("messages",),
+    _keyed_match([("input_key", "messages", "messages")]),
+    _conversation_normalize(_messages_of, "messages"),
     hub="HuggingFaceH4/ultrachat_200k",
-    example={"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]})
+    example={"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]},
+)
 PROMPT_RESPONSE = Format(
-    "prompt_response", "prompt + response (or completion): strings or message lists", ("sft", "prompt"),
-    {"input_key": "prompt", "output_key": "response"}, ("prompt", "response"),
-    lambda row, opts: _has(row, opts.keys.get("input_key") or "prompt", "text")
-    and _has(row, _response_key(row, opts), "text"), _prompt_response_normalize,
-    example={"prompt": "What is 2 plus 3?", "response": "5."})
+    "prompt_response",
+    "prompt + response (or completion): strings or message lists",
+    ("sft", "prompt"),
+    {"input_key": "prompt", "output_key": "response"},
+    ("prompt", "response"),
+    lambda row, opts: (
+        _has(row, opts.keys.get("input_key") or "prompt", "text") and _has(row, _response_key(row, opts), "text")
+    ),
+    _prompt_response_normalize,
+    example={"prompt": "What is 2 plus 3?", "response": "5."},
+)
 PAIRS = Format(
-    "pairs", "prompt + chosen + rejected responses (strings or assistant messages)", ("pair", "sft", "prompt"),
-    {"input_key": "prompt", "chosen_key": "chosen", "rejected_key": "rejected"}, ("prompt", "chosen", "rejected"),
-    _pairs_match, _pairs_normalize, example={"prompt": "What is 2 plus 3?", "chosen": "5.", "rejected": "6."})
+    "pairs",
+    "prompt + chosen + rejected responses (strings or assistant messages)",
+    ("pair", "sft", "prompt"),
+    {"input_key": "prompt", "chosen_key": "chosen", "rejected_key": "rejected"},
+    ("prompt", "chosen", "rejected"),
+    _pairs_match,
+    _pairs_normalize,
+    example={"prompt": "What is 2 plus 3?", "chosen": "5.", "rejected": "6."},
+)
 GSM8K = Format(
-    "gsm8k", "GSM8K: question + answer (worked solution ending in '#### <n>'); reward field `answer` = the text "
-    "after '####', `solution` = the whole answer (the SFT response)", ("prompt", "sft"),
-    {"input_key": "question", "output_key": "answer"}, ("question", "answer"),
-    lambda row, opts: _has(row, opts.keys.get("input_key") or "question", "str")
-    and _has(row, opts.keys.get("output_key") or "answer", "str")
-    and GSM8K_MARK in row[opts.keys.get("output_key") or "answer"], _gsm8k_normalize, hub="openai/gsm8k",
-    example={"question": "What is 2 plus 3?", "answer": "2 + 3 = 5.\n#### 5"})
+    "gsm8k",
+    "GSM8K: question + answer (worked solution ending in '#### <n>'); reward field `answer` = the text "
+    "after '####', `solution` = the whole answer (the SFT response)",
+    ("prompt", "sft"),
+    {"input_key": "question", "output_key": "answer"},
+    ("question", "answer"),
+    lambda row, opts: (
+        _has(row, opts.keys.get("input_key") or "question", "str")
+        and _has(row, opts.keys.get("output_key") or "answer", "str")
+        and GSM8K_MARK in row[opts.keys.get("output_key") or "answer"]
+    ),
+    _gsm8k_normalize,
+    hub="openai/gsm8k",
+    example={"question": "What is 2 plus 3?", "answer": "2 + 3 = 5.\n#### 5"},
+)
 PROMPT_COLLECTION = Format(
-    "prompt_collection", "OpenRLHF prompt collections: context_messages (or input_messages) message lists; "
-    "other columns become reward fields", ("prompt",), {"input_key": "context_messages"}, ("context_messages",),
-    lambda row, opts: _has(row, _collection_key(row, opts), "messages"), _collection_normalize,
+    "prompt_collection",
+    "OpenRLHF prompt collections: context_messages (or input_messages) message lists; "
+    "other columns become reward fields",
+    ("prompt",),
+    {"input_key": "context_messages"},
+    ("context_messages",),
+    lambda row, opts: _has(row, _collection_key(row, opts), "messages"),
+    _collection_normalize,
     hub="OpenRLHF/prompt-collection-v0.1",
-    example={"context_messages": [{"role": "user", "content": "What is 2 plus 3?"}], "answer": "5"})
+    example={"context_messages": [{"role": "user", "content": "What is 2 plus 3?"}], "answer": "5"},
+)
 PROMPT_ONLY = Format(
-    "prompt", "prompt only (string or messages), for RL; other columns become reward fields", ("prompt",),
-    {"input_key": "prompt"}, ("prompt",), _keyed_match([("input_key", "prompt", "text")]), _prompt_only_normalize,
-    example={"prompt": "What is 2 plus 3?", "answer": "5"})
+    "prompt",
+    "prompt only (string or messages), for RL; other columns become reward fields",
+    ("prompt",),
+    {"input_key": "prompt"},
+    ("prompt",),
+    _keyed_match([("input_key", "prompt", "text")]),
+    _prompt_only_normalize,
+    example={"prompt": "What is 2 plus 3?", "answer": "5"},
+)
 KTO = Format(
-    "kto", "unpaired KTO rows: prompt + completion + label (desirable true/false)", ("unpaired", "prompt"),
-    {"input_key": "prompt", "output_key": "completion", "label_key": "label"}, ("prompt", "completion", "label"),
-    _keyed_match([("input_key", "prompt", "text"), ("output_key", "completion", "text"), ("label_key", "label", "label")]),
-    _kto_normalize, hub="trl-lib/kto-mix-14k", example={"prompt": "What is 2 plus 3?", "completion": "5.", "label": True})
+    "kto",
+    "unpaired KTO rows: prompt + completion + label (desirable true/false)",
+    ("unpaired", "prompt"),
+    {"input_key": "prompt", "output_key": "completion", "label_key": "label"},
+    ("prompt", "completion", "label"),
+    _keyed_match(
+        [("input_key", "prompt", "text"), ("output_key", "completion", "text"), ("label_key", "label", "label")]
+    ),
+    _kto_normalize,
+    hub="trl-lib/kto-mix-14k",
+    example={"prompt": "What is 2 plus 3?", "completion": "5.", "label": True},
+)
 TEXT = Format(
-    "text", "plain text for continued pre-training", ("pretrain",), {"input_key": "text"}, ("text",),
-    _keyed_match([("input_key", "text", "text")]), _text_normalize, example={"text": "Two plus three is five."})
+    "text",
+    "plain text for continued pre-training",
+    ("pretrain",),
+    {"input_key": "text"},
+    ("text",),
+    _keyed_match([("input_key", "text", "text")]),
+    _text_normalize,
+    example={"text": "Two plus three is five."},
+)
 PRM = Format(
-    "prm", "process supervision: prompt + steps (or completions) + one label a step", ("prm", "prompt"),
-    {"input_key": "prompt", "output_key": "steps", "label_key": "labels"}, ("prompt", "steps", "labels"),
-    lambda row, opts: _has(row, opts.keys.get("input_key") or "prompt", "text")
-    and _has(row, _prm_steps_key(row, opts), "str_list") and _has(row, opts.keys.get("label_key") or "labels", "label_list"),
-    _prm_normalize, hub="trl-lib/math_shepherd",
-    example={"prompt": "What is 2 plus 3?", "steps": ["2 + 3 = 5"], "labels": [True]})
+    "prm",
+    "process supervision: prompt + steps (or completions) + one label a step",
+    ("prm", "prompt"),
+    {"input_key": "prompt", "output_key": "steps", "label_key": "labels"},
+    ("prompt", "steps", "labels"),
+    lambda row, opts: (
+        _has(row, opts.keys.get("input_key") or "prompt", "text")
+        and _has(row, _prm_steps_key(row, opts), "str_list")
+        and _has(row, opts.keys.get("label_key") or "labels", "label_list")
+    ),
+    _prm_normalize,
+    hub="trl-lib/math_shepherd",
+    example={"prompt": "What is 2 plus 3?", "steps": ["2 + 3 = 5"], "labels": [True]},
+)
 CUSTOM = Format(
-    "custom", "the keys named by data.sources.<name>.input_key/output_key/chosen_key/rejected_key/label_key",
-    TASKS, {"input_key": "prompt", "output_key": "response", "chosen_key": "chosen", "rejected_key": "rejected",
-            "label_key": "label"}, (), lambda row, opts: False, _custom_normalize)
+    "custom",
+    "the keys named by data.sources.<name>.input_key/output_key/chosen_key/rejected_key/label_key",
+    TASKS,
+    {
+        "input_key": "prompt",
+        "output_key": "response",
+        "chosen_key": "chosen",
+        "rejected_key": "rejected",
+        "label_key": "label",
+    },
+    (),
+    lambda row, opts: False,
+    _custom_normalize,
+)
 
-FORMATS: Dict[str, Format] = {f.name: f for f in (
-    HH, ULTRAFEEDBACK, SHAREGPT, ALPACA, MESSAGES, PROMPT_RESPONSE, PAIRS, GSM8K, PROMPT_COLLECTION, PROMPT_ONLY,
-    KTO, TEXT, PRM, CUSTOM)}
+FORMATS: Dict[str, Format] = {
+    f.name: f
+    for f in (
+        HH,
+        ULTRAFEEDBACK,
+        SHAREGPT,
+        ALPACA,
+        MESSAGES,
+        PROMPT_RESPONSE,
+        PAIRS,
+        GSM8K,
+        PROMPT_COLLECTION,
+        PROMPT_ONLY,
+        KTO,
+        TEXT,
+        PRM,
+        CUSTOM,
+    )
+}
 
 
 # ------------------------------------------------------------------------------------------- suspicious rows
@@ -642,9 +809,11 @@ def check_example(example: Mapping[str, Any], task: str) -> None:
     for name, text in responses:
         if len(text.strip()) >= _MIN_ECHO_CHARS and text.strip() in prompt:
             raise RowError(
-                f"prompt contains its own {name} response", key=name,
+                f"prompt contains its own {name} response",
+                key=name,
                 detail="the prompt key probably holds the whole conversation; name the format with "
-                "data.format=<name> or point input_key at the prompt alone")
+                "data.format=<name> or point input_key at the prompt alone",
+            )
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -663,18 +832,26 @@ def get_format(name: str, key: str = "data.format") -> Format:
         import difflib
 
         close = difflib.get_close_matches(name, list(FORMATS), n=1)
-        raise DataError(f"unknown format {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""), key=key,
-                        hint=f"use one of {sorted(FORMATS)}, or leave it unset to detect the format from the rows")
+        raise DataError(
+            f"unknown format {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+            key=key,
+            hint=f"use one of {sorted(FORMATS)}, or leave it unset to detect the format from the rows",
+        )
     return FORMATS[name]
 
 
-def detect_format(rows: Sequence[Mapping[str, Any]], task: str, opts: FormatOptions, *, source: str,
-                  location: str = "") -> Detection:
+def detect_format(
+    rows: Sequence[Mapping[str, Any]], task: str, opts: FormatOptions, *, source: str, location: str = ""
+) -> Detection:
     """The format of `rows` (a sample of a source), checked to serve `task`; DataError when none or several fit."""
     rows = [r for r in rows if isinstance(r, Mapping)]
     if not rows:
-        raise DataError("no rows to detect the format from", source=source, key=f"data.sources.{source}.path",
-                        hint=f"check that {location or 'the path'} holds data rows")
+        raise DataError(
+            "no rows to detect the format from",
+            source=source,
+            key=f"data.sources.{source}.path",
+            hint=f"check that {location or 'the path'} holds data rows",
+        )
     counts = {f.name: sum(1 for r in rows if _safe_match(f, r, opts)) for f in FORMATS.values() if f.name != "custom"}
     best = max(counts.values())
     keys = collections.Counter(k for r in rows for k in r if not k.startswith("_"))
@@ -682,11 +859,15 @@ def detect_format(rows: Sequence[Mapping[str, Any]], task: str, opts: FormatOpti
     if best == 0 or best < 0.5 * len(rows):
         raise DataError(
             f"no known format matches the rows (keys {present}"
-            + (f"; best: {max(counts, key=counts.get)} on {best} of {len(rows)} rows" if best else "") + ")",
-            source=source, origin=location or None, key=f"data.sources.{source}.format",
+            + (f"; best: {max(counts, key=counts.get)} on {best} of {len(rows)} rows" if best else "")
+            + ")",
+            source=source,
+            origin=location or None,
+            key=f"data.sources.{source}.format",
             hint=f"name the format with data.format=<name> (or data.sources.{source}.format=<name>) and its keys with "
-            f"data.sources.{source}.input_key=<key>...; formats: " + "; ".join(
-                f"{f.name} ({', '.join(f.required)})" for f in FORMATS.values() if f.required))
+            f"data.sources.{source}.input_key=<key>...; formats: "
+            + "; ".join(f"{f.name} ({', '.join(f.required)})" for f in FORMATS.values() if f.required),
+        )
     # The most specific format that fits at least half the rows, then the one fitting the most rows: rows of
     # a richer format (KTO's prompt + completion + label) also fit a poorer one (prompt + completion).
     fits = [FORMATS[n] for n, c in counts.items() if c >= 0.5 * len(rows)]
@@ -700,9 +881,12 @@ def detect_format(rows: Sequence[Mapping[str, Any]], task: str, opts: FormatOpti
             names = ", ".join(f.name for f in top)
             raise DataError(
                 f"the rows fit several formats equally well ({names}; keys {present})",
-                source=source, origin=location or None, key=f"data.sources.{source}.format",
+                source=source,
+                origin=location or None,
+                key=f"data.sources.{source}.format",
                 hint=f"name one with data.format=<name> (or data.sources.{source}.format=<name>), e.g. "
-                f"data.format={top[0].name}")
+                f"data.format={top[0].name}",
+            )
         top = serving
     fmt = top[0]
     check_task(fmt, task, source)
@@ -719,10 +903,15 @@ def _safe_match(fmt: Format, row: Mapping[str, Any], opts: FormatOptions) -> boo
 def check_task(fmt: Format, task: str, source: str) -> None:
     if task in fmt.tasks:
         return
-    serves = "; ".join(f"{t}: algo={TASK_ALGOS[t].split(',')[0]}" + (f" (also {TASK_ALGOS[t]})" if "," in TASK_ALGOS[t]
-                                                                 else "") for t in fmt.tasks)
+    serves = "; ".join(
+        f"{t}: algo={TASK_ALGOS[t].split(',')[0]}" + (f" (also {TASK_ALGOS[t]})" if "," in TASK_ALGOS[t] else "")
+        for t in fmt.tasks
+    )
     raise DataError(
         f"format {fmt.name} ({fmt.summary.split(':')[0]}) cannot serve the {task} data this algorithm trains on "
-        f"({TASK_ALGOS[task]})", source=source, key=f"data.sources.{source}.format",
+        f"({TASK_ALGOS[task]})",
+        source=source,
+        key=f"data.sources.{source}.format",
         hint=f"{fmt.name} rows serve: {serves}; or give data in a format for {task}: "
-        + ", ".join(f.name for f in FORMATS.values() if task in f.tasks and f.name != "custom"))
+        + ", ".join(f.name for f in FORMATS.values() if task in f.tasks and f.name != "custom"),
+    )

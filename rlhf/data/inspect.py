@@ -32,17 +32,23 @@ def marked(tokenizer, ids: List[int], mask: List[int]) -> str:
 
 def show_sample(task: str, sample: Dict[str, Any], tokenizer) -> List[str]:
     if task == "prompt":
-        return [f"  prompt ({len(sample['input_ids'])} tokens): {sample['text']!r}",
-                f"  reward fields: {sample.get('fields')}"]
+        return [
+            f"  prompt ({len(sample['input_ids'])} tokens): {sample['text']!r}",
+            f"  reward fields: {sample.get('fields')}",
+        ]
     if task == "pair":
-        return [f"  chosen   ({len(sample['chosen_ids'])} tokens, prompt {sample['prompt_len']}): "
-                f"{marked(tokenizer, sample['chosen_ids'], sample['chosen_mask'])!r}",
-                f"  rejected ({len(sample['rejected_ids'])} tokens): "
-                f"{marked(tokenizer, sample['rejected_ids'], sample['rejected_mask'])!r}"]
+        return [
+            f"  chosen   ({len(sample['chosen_ids'])} tokens, prompt {sample['prompt_len']}): "
+            f"{marked(tokenizer, sample['chosen_ids'], sample['chosen_mask'])!r}",
+            f"  rejected ({len(sample['rejected_ids'])} tokens): "
+            f"{marked(tokenizer, sample['rejected_ids'], sample['rejected_mask'])!r}",
+        ]
     mask = sample.get("loss_mask") or sample.get("step_mask")
     extra = f", label {sample['label']}" if "label" in sample else ""
-    return [f"  sample ({len(sample['input_ids'])} tokens, {sum(mask)} trained{extra}): "
-            f"{marked(tokenizer, sample['input_ids'], mask)!r}"]
+    return [
+        f"  sample ({len(sample['input_ids'])} tokens, {sum(mask)} trained{extra}): "
+        f"{marked(tokenizer, sample['input_ids'], mask)!r}"
+    ]
 
 
 def main(argv: List[str]) -> int:
@@ -72,8 +78,10 @@ def main(argv: List[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     task = get_algo(cfg.algo.name).task
-    print(f"algo {cfg.algo.name}: task {task}; model {cfg.model.name_or_path}; trained tokens are between "
-          f"{TRAINED_OPEN} and {TRAINED_CLOSE}")
+    print(
+        f"algo {cfg.algo.name}: task {task}; model {cfg.model.name_or_path}; trained tokens are between "
+        f"{TRAINED_OPEN} and {TRAINED_CLOSE}"
+    )
     for source in report.sources:
         print("\n" + "\n".join(source.lines(report.data)))
         for shown in source.examples[:rows]:

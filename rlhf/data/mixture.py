@@ -28,7 +28,9 @@ def mixture_counts(sizes: Mapping[str, int], weights: Mapping[str, float]) -> Di
     for name, weight in weights.items():
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
             raise DataError(
-                f"weight {weight!r} is not a finite number >= 0", source=name, key=f"data.sources.{name}.weight",
+                f"weight {weight!r} is not a finite number >= 0",
+                source=name,
+                key=f"data.sources.{name}.weight",
                 hint="weights are relative sampling weights, e.g. 1.0 and 0.5",
             )
     missing = [name for name in sizes if name not in weights]
@@ -86,7 +88,8 @@ def train_eval_split(
     """
     if not 0.0 <= fraction < 1.0:
         raise DataError(
-            f"eval_fraction={fraction} is not in [0, 1)", key="data.eval_fraction",
+            f"eval_fraction={fraction} is not in [0, 1)",
+            key="data.eval_fraction",
             hint="use e.g. 0.05 to hold out 5% of the training rows, or 0 for no held-out evaluation",
         )
     n_eval = round(fraction * len(rows))

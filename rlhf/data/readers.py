@@ -368,7 +368,9 @@ def _read_parquet(name: str, file: Path, limit: Optional[int] = None) -> List[di
         return pq.read_table(file).to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(
-            f"cannot read parquet file: {type(e).__name__}: {e}", source=name, origin=_display(file),
+            f"cannot read parquet file: {type(e).__name__}: {e}",
+            source=name,
+            origin=_display(file),
             hint="check that the file is a complete parquet file",
         ) from e
 

@@ -39,17 +39,22 @@ def resolve_data(data: DataConfig) -> DataConfig:
             sources = {TRAIN_SOURCE: SourceConfig(path=str(data.train)), **added}
         preset = {n: sources[n] for n in sources if n not in added}
     elif data.eval is not None and len(sources) != 1:
-        raise DataError("data.eval names the held-out rows of data.train, but data.train is not set and the "
-                        f"preset has {len(sources)} sources", key="data.eval",
-                        hint="set data.train=<path> too, or data.sources.<name>.eval_path=<path> for one source")
+        raise DataError(
+            "data.eval names the held-out rows of data.train, but data.train is not set and the "
+            f"preset has {len(sources)} sources",
+            key="data.eval",
+            hint="set data.train=<path> too, or data.sources.<name>.eval_path=<path> for one source",
+        )
     # data.format and data.eval describe data.train (or the preset's one source).
     target = preset if data.train is not None else sources
     if data.format is not None:
         get_format(data.format)
         if len(target) != 1:
-            raise DataError(f"data.format={data.format} names the format of data.train, but there are "
-                            f"{len(target)} sources", key="data.format",
-                            hint="set data.sources.<name>.format=<format> for each source instead")
+            raise DataError(
+                f"data.format={data.format} names the format of data.train, but there are {len(target)} sources",
+                key="data.format",
+                hint="set data.sources.<name>.format=<format> for each source instead",
+            )
     if len(target) == 1:
         name, src = next(iter(target.items()))
         changes = {}
@@ -75,5 +80,9 @@ def named_format(name: str, src: SourceConfig) -> Optional[str]:
 
 
 def format_options(src: SourceConfig, data: DataConfig) -> FormatOptions:
-    return FormatOptions(keys=keys_of(src), prompt_template=src.prompt_template or data.prompt_template,
-                         role_map=dict(data.role_map), fields=tuple(str(f) for f in src.fields))
+    return FormatOptions(
+        keys=keys_of(src),
+        prompt_template=src.prompt_template or data.prompt_template,
+        role_map=dict(data.role_map),
+        fields=tuple(str(f) for f in src.fields),
+    )

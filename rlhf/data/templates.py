@@ -369,9 +369,7 @@ def _close_with_eos(tokenizer: Any, ids: List[int], mask: List[int]) -> None:
     if _ends_with_special(tokenizer, ids):
         return
     if tokenizer.eos_token_id is None:
-        raise DataError(
-            "the tokenizer has no eos_token", key="tokenizer.eos_token", hint="set tokenizer.eos_token"
-        )
+        raise DataError("the tokenizer has no eos_token", key="tokenizer.eos_token", hint="set tokenizer.eos_token")
     ids.append(tokenizer.eos_token_id)
     mask.append(1)
 

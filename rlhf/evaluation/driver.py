@@ -58,15 +58,19 @@ def accuracy_source(source_names: Sequence[str], eval_cfg: EvalConfig) -> Option
     else the only source; None when none qualifies (no accuracy metrics then)."""
     if eval_cfg.accuracy_source is not None:
         if eval_cfg.accuracy_source not in source_names:
-            raise ValueError(f"eval.accuracy_source={eval_cfg.accuracy_source!r} is not a reward source; choose one "
-                             f"of {list(source_names)} (reward.sources) or null")
+            raise ValueError(
+                f"eval.accuracy_source={eval_cfg.accuracy_source!r} is not a reward source; choose one "
+                f"of {list(source_names)} (reward.sources) or null"
+            )
         return eval_cfg.accuracy_source
     if "exact_match" in source_names:
         return "exact_match"
     return source_names[0] if len(source_names) == 1 else None
 
 
-def score(rewards, prompts: list[str], responses: list[str], fields: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
+def score(
+    rewards, prompts: list[str], responses: list[str], fields: dict[str, list]
+) -> tuple[list[float], dict[str, list[float]]]:
     """Combined reward of each response and each source's own score (rlhf.rewards.sources.RewardSources)."""
     from rlhf.rewards.combine import combine_rewards
 
@@ -108,8 +112,18 @@ def _prompt_text(row: dict) -> str:
     return row.get("text") or ""
 
 
-def evaluate(rows: Sequence[dict], generate: GenerateFn, rewards, cfg: EvalConfig, *, max_new_tokens: int,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1, prefix: str = "eval/") -> Evaluation:
+def evaluate(
+    rows: Sequence[dict],
+    generate: GenerateFn,
+    rewards,
+    cfg: EvalConfig,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = -1,
+    prefix: str = "eval/",
+) -> Evaluation:
     """Greedy and/or sampled responses for `rows`, scored and aggregated into `<prefix>...` metrics.
 
     Greedy (cfg.greedy): reward_mean, accuracy, <source>_mean, response_len_mean. Sampled (cfg.n_samples > 0):
@@ -142,25 +156,29 @@ def evaluate(rows: Sequence[dict], generate: GenerateFn, rewards, cfg: EvalConfi
                 rec["correct"] = per_source[acc_name][i] >= threshold
     if cfg.n_samples > 0:
         n = cfg.n_samples
-        sampling = Sampling(n=n, temperature=temperature if cfg.temperature is None else cfg.temperature,
-                            top_p=top_p if cfg.top_p is None else cfg.top_p,
-                            top_k=top_k if cfg.top_k is None else cfg.top_k, max_new_tokens=new_tokens,
-                            seed=cfg.seed)
+        sampling = Sampling(
+            n=n,
+            temperature=temperature if cfg.temperature is None else cfg.temperature,
+            top_p=top_p if cfg.top_p is None else cfg.top_p,
+            top_k=top_k if cfg.top_k is None else cfg.top_k,
+            max_new_tokens=new_tokens,
+            seed=cfg.seed,
+        )
         gens = generate(rows, sampling)
         texts = [c.text for g in gens for c in g]
         prompts = [p for p in prompts1 for _ in range(n)]
         total, per_source = score(rewards, prompts, texts, _repeat_fields(rows, n))
         out[f"{prefix}sampled_reward_mean"] = sum(total) / len(total)
         for i, rec in enumerate(records):
-            rec["samples"] = texts[i * n:(i + 1) * n]
-            rec["sample_rewards"] = total[i * n:(i + 1) * n]
+            rec["samples"] = texts[i * n : (i + 1) * n]
+            rec["sample_rewards"] = total[i * n : (i + 1) * n]
         if acc_name is not None:
             correct = [v >= threshold for v in per_source[acc_name]]
-            per_prompt = [correct[i * n:(i + 1) * n] for i in range(len(rows))]
+            per_prompt = [correct[i * n : (i + 1) * n] for i in range(len(rows))]
             out[f"{prefix}sampled_accuracy"] = M.accuracy(correct)
             extract = load_extractor(cfg.answer_extractor)
             answers = [_hashable(extract(t)) for t in texts]
-            per_prompt_answers = [answers[i * n:(i + 1) * n] for i in range(len(rows))]
+            per_prompt_answers = [answers[i * n : (i + 1) * n] for i in range(len(rows))]
             for k in cfg.k:
                 out[f"{prefix}pass_at_{k}"] = M.mean_pass_at_k(per_prompt, k)
                 out[f"{prefix}maj_at_{k}"] = M.mean_maj_at_k(per_prompt_answers, per_prompt, k)

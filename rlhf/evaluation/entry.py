@@ -44,8 +44,17 @@ class LocalRewardModel:
 
         cfg = replace(model_cfg, name_or_path=path, tokenizer=None, lora=replace(model_cfg.lora, rank=0))
         self.tok = load_tokenizer(cfg, padding_side="right")
-        self.model = load_sequence_classifier(cfg, dtype="fp32" if device == "cpu" else "bf16", device=device,
-                                              trainable=False, pad_token_id=self.tok.pad_token_id).to(device).eval()
+        self.model = (
+            load_sequence_classifier(
+                cfg,
+                dtype="fp32" if device == "cpu" else "bf16",
+                device=device,
+                trainable=False,
+                pad_token_id=self.tok.pad_token_id,
+            )
+            .to(device)
+            .eval()
+        )
         self.device, self.batch_size = device, batch_size
 
     def __call__(self, texts: list[str]):
@@ -54,10 +63,16 @@ class LocalRewardModel:
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True, truncation=True,
-                               add_special_tokens=False)
-                logits = self.model(input_ids=enc["input_ids"].to(self.device),
-                                    attention_mask=enc["attention_mask"].to(self.device)).logits
+                enc = self.tok(
+                    texts[i : i + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    add_special_tokens=False,
+                )
+                logits = self.model(
+                    input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
+                ).logits
                 out.append(logits[:, 0].float().cpu())
         return torch.cat(out)
 
@@ -67,8 +82,11 @@ def reward_sources(cfg):
     from rlhf.rewards.sources import RewardSources
 
     device = "cuda" if cfg.hw.gpus_per_node * cfg.hw.nodes > 0 else "cpu"
-    scorers = {name: LocalRewardModel(cfg.model, src.path, device, src.batch_size)
-               for name, src in cfg.reward.sources.items() if src.kind == "model"}
+    scorers = {
+        name: LocalRewardModel(cfg.model, src.path, device, src.batch_size)
+        for name, src in cfg.reward.sources.items()
+        if src.kind == "model"
+    }
     return RewardSources(cfg.reward, scorers)
 
 

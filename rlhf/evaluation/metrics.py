@@ -74,8 +74,9 @@ def maj_at_k(answers: Sequence[Optional[Hashable]], correct: Sequence[bool], k: 
     return winner is not None and bool(correct[first])
 
 
-def mean_maj_at_k(answers_per_prompt: Sequence[Sequence[Optional[Hashable]]],
-                  correct_per_prompt: Sequence[Sequence[bool]], k: int) -> float:
+def mean_maj_at_k(
+    answers_per_prompt: Sequence[Sequence[Optional[Hashable]]], correct_per_prompt: Sequence[Sequence[bool]], k: int
+) -> float:
     """maj@k averaged over prompts."""
     if not answers_per_prompt:
         return 0.0

@@ -19,10 +19,14 @@ def read_prompt_file(path: str | Path, prompt_key: str = "prompt") -> list[dict[
     a line), .json (a list of objects, or of strings). A prompt is a string or a list of chat messages."""
     p = Path(path)
     if not p.is_file():
-        raise PromptFileError(f"generate.prompts={str(path)!r}: no such file; give a .jsonl, .json or .txt file of "
-                              "prompts, or leave generate.prompts unset to use the data preset's eval split")
+        raise PromptFileError(
+            f"generate.prompts={str(path)!r}: no such file; give a .jsonl, .json or .txt file of "
+            "prompts, or leave generate.prompts unset to use the data preset's eval split"
+        )
     if p.suffix not in FORMATS:
-        raise PromptFileError(f"generate.prompts={str(path)!r}: unknown format {p.suffix!r}; use one of {list(FORMATS)}")
+        raise PromptFileError(
+            f"generate.prompts={str(path)!r}: unknown format {p.suffix!r}; use one of {list(FORMATS)}"
+        )
     text = p.read_text(encoding="utf-8")
     if p.suffix == ".txt":
         return [{prompt_key: line.strip()} for line in text.splitlines() if line.strip()]
@@ -34,18 +38,22 @@ def read_prompt_file(path: str | Path, prompt_key: str = "prompt") -> list[dict[
             try:
                 rows.append(_check(json.loads(line), p, n, prompt_key))
             except json.JSONDecodeError as e:
-                raise PromptFileError(f"{p}:{n}: not JSON ({e.msg}); each line of a .jsonl file is one object "
-                                      f"with a {prompt_key!r} key") from None
+                raise PromptFileError(
+                    f"{p}:{n}: not JSON ({e.msg}); each line of a .jsonl file is one object with a {prompt_key!r} key"
+                ) from None
         return rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptFileError(f"{p}:{e.lineno}: not JSON ({e.msg})") from None
     if not isinstance(data, list):
-        raise PromptFileError(f"{p}: a .json prompts file holds a list of objects (or of strings), got "
-                              f"{type(data).__name__}")
-    return [_check({prompt_key: row} if isinstance(row, str) else row, p, i, prompt_key, item=True)
-            for i, row in enumerate(data)]
+        raise PromptFileError(
+            f"{p}: a .json prompts file holds a list of objects (or of strings), got {type(data).__name__}"
+        )
+    return [
+        _check({prompt_key: row} if isinstance(row, str) else row, p, i, prompt_key, item=True)
+        for i, row in enumerate(data)
+    ]
 
 
 def _check(row: Any, path: Path, where: int, key: str, item: bool = False) -> dict:
@@ -53,14 +61,18 @@ def _check(row: Any, path: Path, where: int, key: str, item: bool = False) -> di
     if not isinstance(row, dict):
         raise PromptFileError(f"{place}: expected an object with a {key!r} key, got {type(row).__name__}")
     if key not in row:
-        raise PromptFileError(f"{place}: no {key!r} key (keys: {sorted(row)}); set generate.prompt_key to the key "
-                              "holding the prompt")
+        raise PromptFileError(
+            f"{place}: no {key!r} key (keys: {sorted(row)}); set generate.prompt_key to the key holding the prompt"
+        )
     value = row[key]
-    ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, dict) and "role" in m
-                                                                   and "content" in m for m in value))
+    ok = isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
     if not ok:
-        raise PromptFileError(f"{place}: {key!r} must be a string or a list of chat messages "
-                              f"({{'role', 'content'}}), got {type(value).__name__}")
+        raise PromptFileError(
+            f"{place}: {key!r} must be a string or a list of chat messages "
+            f"({{'role', 'content'}}), got {type(value).__name__}"
+        )
     return row
 
 
@@ -81,6 +93,8 @@ def preset_rows(data_cfg, tokenizer, split: str = "eval", seed: Optional[int] = 
 
     ds = build_dataset("prompt", data_cfg, tokenizer, split, seed=seed)
     if len(ds) == 0 and split == "eval":
-        raise PromptFileError("the data preset has no eval split (no source has eval_split and data.eval_fraction "
-                              "is 0); set data.sources.<name>.eval_split, data.eval_fraction, or generate.prompts")
+        raise PromptFileError(
+            "the data preset has no eval split (no source has eval_split and data.eval_fraction "
+            "is 0); set data.sources.<name>.eval_split, data.eval_fraction, or generate.prompts"
+        )
     return [ds[i] for i in range(len(ds))]

@@ -64,8 +64,16 @@ def job_topology() -> Optional[Topology]:
 
 
 def _ray_start(args: list[str], temp_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        *args,
+    ]
     # Own process group: stopping it stops this job's raylet and GCS, not another job's on the same node.
     return subprocess.Popen(cmd, start_new_session=True)
 
@@ -128,16 +136,29 @@ def submitit_ray_cluster(output_dir: Path, join_timeout_s: float = 600.0) -> Ite
     # The head's raylet takes port+1/+2, a worker's port+4/+5: a worker sharing the head's host (several slurmd
     # on one machine) must not collide with it. Raylets check a worker port is free before handing it out.
     nm_port = port + 1 if topo.is_head else port + 4
-    ports = [f"--node-manager-port={nm_port}", f"--object-manager-port={nm_port + 1}",
-             f"--min-worker-port={port + 100}", f"--max-worker-port={port + 999}"]
+    ports = [
+        f"--node-manager-port={nm_port}",
+        f"--object-manager-port={nm_port + 1}",
+        f"--min-worker-port={port + 100}",
+        f"--max-worker-port={port + 999}",
+    ]
     # `ray start --head` turns token authentication on by default, but a joining `ray start` or `ray.init`
     # defaults to off and is refused: one mode for every Ray process of the job, all reading the same token
     # (~/.ray/auth_token on a shared home, or $RAY_AUTH_TOKEN). RAY_AUTH_MODE=disabled opts out on closed networks.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if topo.is_head:
         done.unlink(missing_ok=True)
-        proc = _ray_start(["--head", f"--node-ip-address={head_ip}", f"--port={port}",
-                           f"--ray-client-server-port={port + 3}", "--include-dashboard=false", *ports], temp_dir)
+        proc = _ray_start(
+            [
+                "--head",
+                f"--node-ip-address={head_ip}",
+                f"--port={port}",
+                f"--ray-client-server-port={port + 3}",
+                "--include-dashboard=false",
+                *ports,
+            ],
+            temp_dir,
+        )
         try:
             wait_for_nodes(address, topo.num_nodes, join_timeout_s)
             os.environ["RAY_ADDRESS"] = address

@@ -17,8 +17,19 @@ import yaml
 
 # Keys (or prefixes ending in '.') a resumed run applies as given.
 APPLIED = (
-    "algo.max_steps", "algo.epochs", "algo.max_time", "algo.eval_every", "algo.save_every", "algo.keep_checkpoints",
-    "algo.log_every", "tracking.", "verbose", "output_dir", "resume", "mode", "eval.",
+    "algo.max_steps",
+    "algo.epochs",
+    "algo.max_time",
+    "algo.eval_every",
+    "algo.save_every",
+    "algo.keep_checkpoints",
+    "algo.log_every",
+    "tracking.",
+    "verbose",
+    "output_dir",
+    "resume",
+    "mode",
+    "eval.",
 )
 CHANGES_FILE = "resume_changes.jsonl"
 
@@ -51,8 +62,11 @@ def check_resume(out: Path, new_config: dict, step: int) -> dict[str, tuple[Any,
         return {}
     old = _flat(yaml.safe_load(recorded.read_text()) or {})
     new = _flat(json.loads(json.dumps(new_config, default=str)))
-    diffs = {k: (old.get(k, "<unset>"), new.get(k, "<unset>")) for k in sorted(set(old) | set(new))
-             if old.get(k, "<unset>") != new.get(k, "<unset>")}
+    diffs = {
+        k: (old.get(k, "<unset>"), new.get(k, "<unset>"))
+        for k in sorted(set(old) | set(new))
+        if old.get(k, "<unset>") != new.get(k, "<unset>")
+    }
     refused = {k: v for k, v in diffs.items() if not _applied(k)}
     if refused:
         lines = "\n".join(f"  - {k}: {a!r} in the run, {b!r} now" for k, (a, b) in list(refused.items())[:20])
@@ -66,6 +80,10 @@ def check_resume(out: Path, new_config: dict, step: int) -> dict[str, tuple[Any,
     applied = {k: v for k, v in diffs.items() if k not in ("output_dir", "resume")}
     if applied:
         with open(Path(out) / CHANGES_FILE, "a") as f:
-            f.write(json.dumps({"step": step, "changes": {k: {"from": a, "to": b} for k, (a, b) in applied.items()}},
-                               default=str) + "\n")
+            f.write(
+                json.dumps(
+                    {"step": step, "changes": {k: {"from": a, "to": b} for k, (a, b) in applied.items()}}, default=str
+                )
+                + "\n"
+            )
     return applied

@@ -112,8 +112,11 @@ def claim_run_dir(out: Path, *, resume: bool) -> RunDirClaim:
         (out / FINISHED_FILE).unlink()
     handle.seek(0)
     handle.truncate()
-    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                             "command": " ".join(sys.argv)}))
+    handle.write(
+        json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+        )
+    )
     handle.flush()
     claim = RunDirClaim(out, handle)
     _HELD[str(out)] = claim

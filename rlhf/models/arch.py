@@ -70,8 +70,11 @@ def from_config_json(config: dict, params: Optional[int], source: str) -> Arch:
         num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         # The MoE width is per expert (Mixtral's intermediate_size, Qwen-MoE's moe_intermediate_size).
-        intermediate_size=int((cfg.get("moe_intermediate_size") if experts > 1 else None)
-                              or cfg.get("intermediate_size") or (8 * hidden) // 3),
+        intermediate_size=int(
+            (cfg.get("moe_intermediate_size") if experts > 1 else None)
+            or cfg.get("intermediate_size")
+            or (8 * hidden) // 3
+        ),
         vocab_size=int(cfg["vocab_size"]),
         params_b=0.0,
         num_experts=experts,
@@ -136,13 +139,16 @@ def from_folder(folder: Path, source: Optional[str] = None) -> Arch:
 def looks_like_path(name_or_path: str) -> bool:
     """A local path rather than a hub id: absolute, ./ ../ ~, a Windows drive, or more than one '/'."""
     s = name_or_path
-    return s.startswith(("/", "./", "../", "~", ".\\")) or s in (".", "..") or s.count("/") > 1 or (
-        len(s) > 1 and s[1] == ":"
+    return (
+        s.startswith(("/", "./", "../", "~", ".\\"))
+        or s in (".", "..")
+        or s.count("/") > 1
+        or (len(s) > 1 and s[1] == ":")
     )
 
 
 def missing_path_message(name_or_path: str, key: str = "model.name_or_path") -> Optional[str]:
-    """"not found" with the working directory for a local path that does not exist (not a hub problem)."""
+    """ "not found" with the working directory for a local path that does not exist (not a hub problem)."""
     if not looks_like_path(name_or_path):
         return None
     local = Path(os.path.expanduser(name_or_path))
@@ -217,7 +223,9 @@ def find_arch(name_or_path: str, key: str = "model.name_or_path") -> Arch:
     if name_or_path.startswith("tiny:"):
         found = preset_arch(name_or_path)
         if found is None:
-            raise ArchError(f"{key}={name_or_path}: no conf/model preset builds this tiny model (see conf/model/tiny*.yaml)")
+            raise ArchError(
+                f"{key}={name_or_path}: no conf/model preset builds this tiny model (see conf/model/tiny*.yaml)"
+            )
         return found
     local = Path(os.path.expanduser(name_or_path))
     if local.is_dir():

@@ -18,7 +18,7 @@ def resolve_path(name_or_path: str) -> str:
     if name_or_path.startswith(TINY_PREFIX):
         from rlhf.models.tiny import tiny_model_dir
 
-        return str(tiny_model_dir(name_or_path[len(TINY_PREFIX):]))
+        return str(tiny_model_dir(name_or_path[len(TINY_PREFIX) :]))
     from rlhf.models.arch import missing_path_message
 
     # A local path that does not exist is a typo or a wrong directory, not an offline hub.
@@ -102,8 +102,15 @@ def load_causal_lm(cfg: ModelConfig, *, dtype: str, device: str, trainable: bool
     return model
 
 
-def load_sequence_classifier(cfg: ModelConfig, *, dtype: str, device: str, path: Optional[str] = None,
-                             trainable: bool = True, pad_token_id: Optional[int] = None):
+def load_sequence_classifier(
+    cfg: ModelConfig,
+    *,
+    dtype: str,
+    device: str,
+    path: Optional[str] = None,
+    trainable: bool = True,
+    pad_token_id: Optional[int] = None,
+):
     """A one-logit sequence classifier (reward model); from a causal LM the score head is freshly initialized."""
     from transformers import AutoModelForSequenceClassification
 

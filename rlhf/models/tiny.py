@@ -157,8 +157,13 @@ class TinySpec:
         return dataclasses.replace(self, config={**self.config, **overrides})
 
     def to_json(self) -> dict[str, Any]:
-        return {"model_type": self.model_type, "config": dict(self.config), "vocab_size": self.vocab_size,
-                "seed": self.seed, "warm_steps": self.warm_steps}
+        return {
+            "model_type": self.model_type,
+            "config": dict(self.config),
+            "vocab_size": self.vocab_size,
+            "seed": self.seed,
+            "warm_steps": self.warm_steps,
+        }
 
 
 _COMMON: dict[str, Any] = dict(
@@ -380,8 +385,11 @@ def _write_marker(folder: Path, name: str, spec: TinySpec, seconds: float) -> No
         "build_id": uuid.uuid4().hex,  # tells one build from another (cache hits keep it)
         "build_seconds": round(seconds, 3),
         "pid": os.getpid(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+        },
     }
     (folder / BUILD_MARKER).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -227,7 +227,9 @@ def numeric_closeness(
     rewards = []
     for i, (response, reference) in enumerate(zip(responses, answer, strict=True)):
         predicted = extract_answer(response)
-        rewards.append(0.0 if predicted is None else 1.0 / (1.0 + abs(float(predicted - _reference_value(reference, i)))))
+        rewards.append(
+            0.0 if predicted is None else 1.0 / (1.0 + abs(float(predicted - _reference_value(reference, i))))
+        )
     return rewards
 
 

@@ -28,7 +28,10 @@ class RewardSources:
                 self.sources[name] = load_reward_function(src.path, **dict(src.kwargs))
             elif src.kind == "remote":
                 self.sources[name] = RemoteReward(
-                    src.url, batch_size=src.batch_size, timeout_s=src.timeout_s, max_retries=src.max_retries,
+                    src.url,
+                    batch_size=src.batch_size,
+                    timeout_s=src.timeout_s,
+                    max_retries=src.max_retries,
                     name=name,
                 )
             elif src.kind == "model":

@@ -36,7 +36,7 @@ def experiment_id(client, name: str, uri: str) -> str:
         return exp.experiment_id
     kwargs = {}
     if uri.startswith("sqlite:///"):
-        kwargs["artifact_location"] = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+        kwargs["artifact_location"] = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
     try:
         return client.create_experiment(name, **kwargs)
     except Exception:  # noqa: BLE001 - a concurrent process created it first
@@ -87,8 +87,9 @@ def best_child(runs: list, higher_is_better: Optional[bool] = None) -> Optional[
 
 
 def child_runs(client, experiment: str, parent_run_id: str) -> list:
-    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=10000)
+    return client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000
+    )
 
 
 class MLflowSweepCallback(Callback):
@@ -127,12 +128,14 @@ class MLflowSweepCallback(Callback):
         run = client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         client.log_text(run_id, OmegaConf.to_yaml(config, resolve=False), "multirun_config.yaml")
-        self._parent = {"run_id": run_id, "tracking_uri": uri, "experiment_id": exp_id,
-                        "swept": swept_keys(config)}
+        self._parent = {"run_id": run_id, "tracking_uri": uri, "experiment_id": exp_id, "swept": swept_keys(config)}
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(json.dumps(self._parent, indent=2) + "\n")
-        for key, value in ((ENV_PARENT, run_id), ("MLFLOW_TRACKING_URI", uri),
-                           (ENV_SWEPT, ",".join(self._parent["swept"]))):
+        for key, value in (
+            (ENV_PARENT, run_id),
+            ("MLFLOW_TRACKING_URI", uri),
+            (ENV_SWEPT, ",".join(self._parent["swept"])),
+        ):
             if os.environ.get(key) != value:
                 os.environ[key] = value
                 self._set_env.append(key)
@@ -150,9 +153,11 @@ class MLflowSweepCallback(Callback):
             client = MlflowClient(parent.get("tracking_uri"))
             out = str(Path(config.get("output_dir") or config.hydra.runtime.output_dir).resolve())
             runs = client.search_runs(
-                [parent["experiment_id"]] if parent.get("experiment_id") else
-                [client.get_run(parent["run_id"]).info.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.output_dir = '{out}'")
+                [parent["experiment_id"]]
+                if parent.get("experiment_id")
+                else [client.get_run(parent["run_id"]).info.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.output_dir = '{out}'",
+            )
             for run in runs:
                 client.set_tag(run.info.run_id, "mlflow.runName", name)
         except Exception as e:  # noqa: BLE001 - a name is cosmetic; never fail the point for it

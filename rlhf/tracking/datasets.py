@@ -36,7 +36,9 @@ class SourceDigest:
 def digest_path(path: Path) -> tuple[str, int, int]:
     """(digest, number of files, bytes) of a file or of every file below a directory."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    )
     h = hashlib.sha256()
     total = 0
     for f in files:
@@ -76,8 +78,12 @@ def log_dataset_inputs(mlflow, digests: list[SourceDigest], weights: dict[str, f
             source = HTTPDatasetSource(url=f"https://huggingface.co/datasets/{d.path}")
         else:
             source = resolve_dataset_source(Path(d.location).as_uri())
-        tags = {"config_path": d.path, "files": str(d.n_files), "bytes": str(d.n_bytes),
-                "weight": str(weights.get(d.name, 1.0))}
+        tags = {
+            "config_path": d.path,
+            "files": str(d.n_files),
+            "bytes": str(d.n_bytes),
+            "weight": str(weights.get(d.name, 1.0)),
+        }
         _log_input(mlflow, MetaDataset(source=source, name=d.name, digest=d.digest), tags)
 
 

@@ -12,8 +12,15 @@ import socket
 import sys
 
 # Scheduler variables worth keeping: they locate the job's logs and allocation.
-_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
-               "SLURM_JOB_PARTITION", "SLURM_JOB_ACCOUNT", "SLURM_RESTART_COUNT")
+_SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_JOB_PARTITION",
+    "SLURM_JOB_ACCOUNT",
+    "SLURM_RESTART_COUNT",
+)
 
 
 def host_tags() -> dict[str, str]:
@@ -44,5 +51,5 @@ def host_tags() -> dict[str, str]:
         tags["host.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     for var in _SLURM_VARS:
         if var in os.environ:
-            tags["slurm." + var[len("SLURM_"):].lower()] = os.environ[var]
+            tags["slurm." + var[len("SLURM_") :].lower()] = os.environ[var]
     return tags

@@ -26,9 +26,13 @@ def write_run_record(output_dir: Path, tracker, parent_run_id: Optional[str]) ->
     """Write `<output_dir>/rlhf_run.json` (run id, tracking URI, experiment, parent run)."""
     from rlhf.engines.checkpoint import write_text_atomic
 
-    record = {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri,
-              "mlflow_experiment_id": tracker.experiment_id, "mlflow_parent_run_id": parent_run_id,
-              "output_dir": str(output_dir)}
+    record = {
+        "mlflow_run_id": tracker.run_id,
+        "mlflow_tracking_uri": tracker.uri,
+        "mlflow_experiment_id": tracker.experiment_id,
+        "mlflow_parent_run_id": parent_run_id,
+        "output_dir": str(output_dir),
+    }
     path = Path(output_dir) / RUN_FILE
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
@@ -66,12 +70,18 @@ def log_lineage(tracker, cfg, output_dir: Path) -> None:
         return  # tracking=none: no need to read every data file
     digests = source_digests(cfg.data)
     tracker.log_inputs(digests, {name: src.weight for name, src in cfg.data.sources.items()})
-    tracker.set_tags({**host_tags(), TAG_CHECKPOINT_DIR: str(Path(output_dir) / "checkpoints"),
-                      **{f"data.{d.name}.digest": d.digest for d in digests}})
+    tracker.set_tags(
+        {
+            **host_tags(),
+            TAG_CHECKPOINT_DIR: str(Path(output_dir) / "checkpoints"),
+            **{f"data.{d.name}.digest": d.digest for d in digests},
+        }
+    )
 
 
 def log_objective(tracker, metric: str, value: float, higher_is_better: bool, step: int) -> None:
     """The value a sweep optimizes, under one name, with its source metric and direction as tags."""
-    tracker.set_tags({TAG_OBJECTIVE_METRIC: metric,
-                      TAG_OBJECTIVE_DIRECTION: "maximize" if higher_is_better else "minimize"})
+    tracker.set_tags(
+        {TAG_OBJECTIVE_METRIC: metric, TAG_OBJECTIVE_DIRECTION: "maximize" if higher_is_better else "minimize"}
+    )
     tracker.log_metrics({OBJECTIVE: value}, step)

@@ -37,8 +37,11 @@ def git_commit(cwd: Optional[str] = None) -> str:
         )
         sha = out.stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd or Path(__file__).parent,
-            capture_output=True, text=True, timeout=5,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -75,8 +78,16 @@ class NullTracker:
 
 
 class MLflowTracker:
-    def __init__(self, *, uri: Optional[str], experiment: str, run_name: Optional[str], parent_run_id=None,
-                 log_system_metrics: bool = False, resume_run_id: Optional[str] = None):
+    def __init__(
+        self,
+        *,
+        uri: Optional[str],
+        experiment: str,
+        run_name: Optional[str],
+        parent_run_id=None,
+        log_system_metrics: bool = False,
+        resume_run_id: Optional[str] = None,
+    ):
         import mlflow
 
         self.mlflow = mlflow
@@ -87,7 +98,7 @@ class MLflowTracker:
             kwargs = {}
             if self.uri.startswith("sqlite:///"):
                 # Keep artifacts beside the sqlite file instead of the current directory.
-                kwargs["artifact_location"] = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+                kwargs["artifact_location"] = (Path(self.uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
             try:
                 self.experiment_id = mlflow.create_experiment(experiment, **kwargs)
             except Exception:  # noqa: BLE001 - a concurrent sweep point created it first
@@ -128,12 +139,15 @@ class MLflowTracker:
         logged = self.mlflow.get_run(self.run_id).data.params
         changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)[:6000]}
         if changed:
-            log.warning("resumed run %s: config changed since it started: %s", self.run_id,
-                        ", ".join(f"{k} {logged[k]} -> {v}" for k, v in sorted(changed.items())[:10]))
+            log.warning(
+                "resumed run %s: config changed since it started: %s",
+                self.run_id,
+                ", ".join(f"{k} {logged[k]} -> {v}" for k, v in sorted(changed.items())[:10]),
+            )
             self.mlflow.set_tags({f"resumed_with.{k}": str(v)[:5000] for k, v in changed.items()})
         items = [(k, v) for k, v in flat.items() if k not in logged]
         for i in range(0, len(items), 100):
-            self.mlflow.log_params(dict(items[i:i + 100]))
+            self.mlflow.log_params(dict(items[i : i + 100]))
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -172,8 +186,9 @@ def _has_psutil() -> bool:
     return importlib.util.find_spec("psutil") is not None
 
 
-def make_tracker(cfg, run_name: Optional[str] = None, parent_run_id: Optional[str] = None,
-                 resume_run_id: Optional[str] = None):
+def make_tracker(
+    cfg, run_name: Optional[str] = None, parent_run_id: Optional[str] = None, resume_run_id: Optional[str] = None
+):
     """A tracker for the tracking config slice (`TrackingConfig`); `resume_run_id` continues that run."""
     if cfg.backend == "none":
         return NullTracker()

@@ -54,7 +54,11 @@ def schema_name(group: str, option: str) -> str:
 def algo_data(option: str) -> str:
     """The data option an algo file selects (`override /data@_global_.data: <option>`)."""
     defaults = yaml.safe_load((CONF_DIR / "algo" / f"{option}.yaml").read_text())["defaults"]
-    picks = [d["override /data@_global_.data"] for d in defaults if isinstance(d, dict) and "override /data@_global_.data" in d]
+    picks = [
+        d["override /data@_global_.data"]
+        for d in defaults
+        if isinstance(d, dict) and "override /data@_global_.data" in d
+    ]
     assert len(picks) == 1, f"conf/algo/{option}.yaml should pick its data set once, found {picks}"
     return picks[0]
 

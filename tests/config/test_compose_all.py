@@ -181,10 +181,21 @@ def test_offline_algos_plan_llama3_8b_on_a100x8(option):
 )
 def test_rl_plans_llama3_8b_with_vllm_on_separate_gpus(option, actor_gpus, prompts, samples):
     tbs = 2 * actor_gpus * 2  # 2 per GPU x ranks x 2 accumulation
-    run = typed(f"algo={option}", "model=llama3_8b", "hw=a100x8", "rollout=vllm", "placement=separate",
-                "rollout.num_engines=2", "placement.rollout_gpus=2", "placement.critic_gpus=2", "engine=zero3",
-                "algo.micro_batch_per_gpu=2", f"algo.train_batch_samples={tbs}", f"algo.prompts_per_step={prompts}",
-                f"algo.samples_per_prompt={samples}")
+    run = typed(
+        f"algo={option}",
+        "model=llama3_8b",
+        "hw=a100x8",
+        "rollout=vllm",
+        "placement=separate",
+        "rollout.num_engines=2",
+        "placement.rollout_gpus=2",
+        "placement.critic_gpus=2",
+        "engine=zero3",
+        "algo.micro_batch_per_gpu=2",
+        f"algo.train_batch_samples={tbs}",
+        f"algo.prompts_per_step={prompts}",
+        f"algo.samples_per_prompt={samples}",
+    )
     plan = resolve_plan(run)
     assert (plan.world_size, plan.grad_accum) == (actor_gpus, 2)
     assert plan.role("rollout").num_workers == 2

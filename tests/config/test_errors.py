@@ -88,11 +88,15 @@ def test_unknown_group_on_the_root_suggests_the_group():
 
 def test_entry_typo_in_a_mixture_suggests_the_entry():
     msg = _compose_error("algo=dpo", "data.sources.tiny_preff.weight=2")
-    assert "'data.sources' has no entry 'tiny_preff' (entries: tiny_pref). Did you mean 'data.sources.tiny_pref'?" in msg
+    assert (
+        "'data.sources' has no entry 'tiny_preff' (entries: tiny_pref). Did you mean 'data.sources.tiny_pref'?" in msg
+    )
 
 
-@pytest.mark.parametrize("override", ["data.sources.extra.path=x.jsonl", "+data.sources.extra.path=x.jsonl",
-                                      "+data.sources.extra={path:x.jsonl}"])
+@pytest.mark.parametrize(
+    "override",
+    ["data.sources.extra.path=x.jsonl", "+data.sources.extra.path=x.jsonl", "+data.sources.extra={path:x.jsonl}"],
+)
 def test_new_mixture_entry_from_the_command_line_says_where_to_add_it(override):
     # OmegaConf cannot build a typed SourceConfig entry from an override; the message says what works instead.
     msg = _compose_error(override)
@@ -134,8 +138,10 @@ def test_indivisible_batch_names_both_keys_and_valid_values():
 
 def test_group_estimator_with_one_sample_per_prompt_names_the_key():
     err = _plan_error("algo=grpo", "algo.samples_per_prompt=1")
-    assert any(p.startswith("algo.advantage=grpo compares samples of the same prompt: set algo.samples_per_prompt >= 2")
-               for p in err.problems)
+    assert any(
+        p.startswith("algo.advantage=grpo compares samples of the same prompt: set algo.samples_per_prompt >= 2")
+        for p in err.problems
+    )
 
 
 def test_llama3_70b_sft_on_rtx4090x4_is_refused_with_estimate_and_advice():
@@ -159,11 +165,22 @@ CLI_CASES = {
     "wrong_type": ["algo=dpo", "algo.beta=abc"],
     "unknown_option": ["model=llama9"],
     # Two plan problems at once: both are reported by one run.
-    "batch": ["algo=grpo", "algo.train_batch_samples=10", "algo.micro_batch_per_gpu=4", "algo.samples_per_prompt=1",
-              "mode=plan"],
+    "batch": [
+        "algo=grpo",
+        "algo.train_batch_samples=10",
+        "algo.micro_batch_per_gpu=4",
+        "algo.samples_per_prompt=1",
+        "mode=plan",
+    ],
     "too_big": ["algo=sft", "model=llama3_70b", "hw=rtx4090x4", "mode=plan"],
-    "plan_ok": ["model=llama3_8b", "hw=a100x8", "algo=dpo", "algo.train_batch_samples=64", "algo.micro_batch_per_gpu=4",
-                "mode=plan"],
+    "plan_ok": [
+        "model=llama3_8b",
+        "hw=a100x8",
+        "algo=dpo",
+        "algo.train_batch_samples=64",
+        "algo.micro_batch_per_gpu=4",
+        "mode=plan",
+    ],
     "cfg_job": ["algo=dpo", "--cfg", "job"],
 }
 
@@ -174,8 +191,14 @@ def cli(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     procs = {
-        name: subprocess.Popen([sys.executable, "-m", "rlhf.run", *args], cwd=cwd, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        name: subprocess.Popen(
+            [sys.executable, "-m", "rlhf.run", *args],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for name, args in CLI_CASES.items()
     }
     results = {}

@@ -33,7 +33,9 @@ def _nodes():
 
 def _combo(algo: str, model: str, hw: str):
     algos, models, hws = _nodes()
-    return dataclasses.replace(copy.deepcopy(algos[algo]), model=copy.deepcopy(models[model]), hw=copy.deepcopy(hws[hw]))
+    return dataclasses.replace(
+        copy.deepcopy(algos[algo]), model=copy.deepcopy(models[model]), hw=copy.deepcopy(hws[hw])
+    )
 
 
 def _check_plan(run, plan) -> None:
@@ -46,8 +48,14 @@ def _check_plan(run, plan) -> None:
         per_node = min(plan.world_size, run.hw.gpus_per_node)
         assert sum(m.host_gib for m in plan.memory if m.role in ("actor", "critic")) * per_node <= run.hw.cpu_memory_gb
     # The planner left nothing unset for the workers.
-    assert None not in (run.algo.lr, run.algo.micro_batch_per_gpu, run.engine.zero_stage, run.engine.offload_optimizer,
-                        run.engine.gradient_checkpointing, run.rollout.gpu_memory_utilization)
+    assert None not in (
+        run.algo.lr,
+        run.algo.micro_batch_per_gpu,
+        run.engine.zero_stage,
+        run.engine.offload_optimizer,
+        run.engine.gradient_checkpointing,
+        run.rollout.gpu_memory_utilization,
+    )
 
 
 # Plans and refusals over the files on disk (13 algorithms x 11 model presets x 19 hw profiles = 2717 on the
@@ -69,8 +77,9 @@ def test_every_algo_model_and_hw_plans_or_is_refused_naming_the_constraint():
                     assert e.problems and all(p.startswith(BINDING) for p in e.problems), (a, m, h, e.problems)
                     reasons |= {p.split(":")[0] for p in e.problems}
                     # The proof: the estimate against the budget, and what the planner tried.
-                    assert any(f"has {run.hw.gpu_memory_gb:g} GiB per GPU" in p or "host memory" in p
-                               for p in e.problems)
+                    assert any(
+                        f"has {run.hw.gpu_memory_gb:g} GiB per GPU" in p or "host memory" in p for p in e.problems
+                    )
                     continue
                 planned += 1
                 _check_plan(run, plan)
@@ -106,8 +115,9 @@ def test_sft_llama3_8b_a100x8_takes_zero2_and_the_largest_micro_batch():
     assert (plan.zero_stage, run.engine.offload_optimizer, run.engine.gradient_checkpointing) == (2, False, True)
     assert (plan.train_batch_samples, plan.micro_batch_per_gpu, plan.grad_accum) == (128, 16, 1)
     actor = next(m for m in plan.memory if m.role == "actor")
-    assert actor.total_gib == pytest.approx(14.96 + 1.87 + 11.22 + (4096 * 512000 + 4096 * 128256 * 4) / GIB
-                                            + 2.5 + 1e9 / GIB, abs=0.02)
+    assert actor.total_gib == pytest.approx(
+        14.96 + 1.87 + 11.22 + (4096 * 512000 + 4096 * 128256 * 4) / GIB + 2.5 + 1e9 / GIB, abs=0.02
+    )
     # OpenRLHF train_sft_llama.sh: 5e-6 for 7B-8B.
     assert run.algo.lr == 5e-6 and "engine: zero2 (the fastest setting that fits)" in plan.table()
 
@@ -140,14 +150,27 @@ def test_vllm_tensor_parallel_size_is_the_smallest_that_leaves_room():
     # (26.4): TP 4 gives 32.9, TP 8 gives 16.4 -> 8. On their own GPUs half (39.6): TP 4.
     run, plan = _plan("algo=grpo", "model=llama3_70b", "hw=a100x16", "rollout.backend=vllm")
     assert (run.rollout.tensor_parallel_size, run.rollout.num_engines) == (8, 2)
-    run, _ = _plan("algo=grpo", "model=llama3_70b", "hw=a100x16", "rollout.backend=vllm", "placement=separate",
-                   "placement.rollout_gpus=null")
+    run, _ = _plan(
+        "algo=grpo",
+        "model=llama3_70b",
+        "hw=a100x16",
+        "rollout.backend=vllm",
+        "placement=separate",
+        "placement.rollout_gpus=null",
+    )
     assert run.rollout.tensor_parallel_size == 4
 
 
 def test_separate_placement_splits_the_gpus():
-    run, plan = _plan("algo=ppo", "model=llama3_8b", "hw=a100x16", "~tuning", "rollout.backend=vllm",
-                      "placement=separate", "placement.rollout_gpus=null")
+    run, plan = _plan(
+        "algo=ppo",
+        "model=llama3_8b",
+        "hw=a100x16",
+        "~tuning",
+        "rollout.backend=vllm",
+        "placement=separate",
+        "placement.rollout_gpus=null",
+    )
     # Rollout: a quarter of 16 GPUs, TP 1 (15 GiB of weights <= half a GPU) -> 4 engines.
     # Critic: 18 bytes x 8.03e9 = 134.6 GiB of ZeRO-3 states; per GPU budget 0.9 x 79.2 - 2.5 - 2 = 66.8 GiB:
     # 2 GPUs give 67.3 (too much), 4 give 33.6 -> 4. Actor: 16 - 4 - 4 = 8.
@@ -169,15 +192,29 @@ def test_micro_batch_is_lowered_to_divide_and_the_batch_raised_to_the_ranks():
 
 
 def test_explicit_values_are_kept_and_checked():
-    run, plan = _plan("algo=sft", "model=llama3_8b", "hw=a100x8", "~tuning", "engine=zero3",
-                      "algo.micro_batch_per_gpu=2", "algo.lr=1e-5", "engine.gradient_checkpointing=false")
+    run, plan = _plan(
+        "algo=sft",
+        "model=llama3_8b",
+        "hw=a100x8",
+        "~tuning",
+        "engine=zero3",
+        "algo.micro_batch_per_gpu=2",
+        "algo.lr=1e-5",
+        "engine.gradient_checkpointing=false",
+    )
     assert (plan.zero_stage, plan.micro_batch_per_gpu, run.algo.lr, run.engine.gradient_checkpointing) == (
-        3, 2, 1e-5, False)
+        3,
+        2,
+        1e-5,
+        False,
+    )
     assert not any(c.startswith(("algo.micro", "algo.lr")) for c in plan.chosen)
     # engine=zero3 fixes the stage; the planner only chose to keep the optimizer on the GPUs.
     assert "engine: zero3 without checkpointing (the fastest setting that fits)" in plan.chosen
     with pytest.raises(PlanError, match="out of GPU memory: role actor needs"):
-        resolve_plan(typed("algo=sft", "model=llama3_70b", "hw=a100x8", "engine=zero2", "engine.offload_optimizer=false"))
+        resolve_plan(
+            typed("algo=sft", "model=llama3_70b", "hw=a100x8", "engine=zero2", "engine.offload_optimizer=false")
+        )
 
 
 # --- the setups of the OpenRLHF support matrix ---------------------------------------------------------------
@@ -189,7 +226,9 @@ def test_ppo_7b_on_four_rtx4090_needs_zero3_cpu_adam_and_227_gib_of_host_memory(
         resolve_plan(typed(*base))
     (problem,) = info.value.problems
     # CPU Adam for a 7.62B actor and a 7.62B critic: 2 x 16 x 7.62e9 B / 4 ranks = 56.8 GiB per GPU, 227 a node.
-    assert "zero3 + CPU Adam: its offloaded states need 227 GiB of host memory per node, hw.cpu_memory_gb=128" in problem
+    assert (
+        "zero3 + CPU Adam: its offloaded states need 227 GiB of host memory per node, hw.cpu_memory_gb=128" in problem
+    )
     run, plan = _plan(*base, "hw.cpu_memory_gb=256")
     assert (plan.zero_stage, run.engine.offload_optimizer, run.engine.offload_params) == (3, True, False)
     assert plan.seq_len == 1024 + 1024
@@ -201,8 +240,14 @@ def test_ppo_7b_on_four_rtx4090_needs_zero3_cpu_adam_and_227_gib_of_host_memory(
 
 
 def test_70b_full_parameter_training_on_sixteen_a100():
-    run, plan = _plan("algo=ppo", "model=llama3_70b", "hw=a100x16", "critic.name_or_path=llama3_8b",
-                      "data=math_prompts", "rollout=vllm")
+    run, plan = _plan(
+        "algo=ppo",
+        "model=llama3_70b",
+        "hw=a100x16",
+        "critic.name_or_path=llama3_8b",
+        "data=math_prompts",
+        "rollout=vllm",
+    )
     assert plan.role("critic").name_or_path == "meta-llama/Meta-Llama-3-8B"
     critic = next(m for m in plan.memory if m.role == "critic")
     actor = next(m for m in plan.memory if m.role == "actor")
@@ -237,8 +282,16 @@ def tiny_folder(tmp_path_factory):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     path = tmp_path_factory.mktemp("qwen_small")
-    config = Qwen2Config(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=500, max_position_embeddings=512, tie_word_embeddings=False)
+    config = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=500,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(path)
     return path, sum(p.numel() for p in model.parameters())
@@ -251,7 +304,13 @@ def test_a_model_folder_plans_with_no_architecture_keys(tiny_folder):
     plan = resolve_plan(run)
     m = run.model
     assert (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size, m.vocab_size) == (
-        64, 3, 4, 2, 160, 500)
+        64,
+        3,
+        4,
+        2,
+        160,
+        500,
+    )
     assert (m.model_type, m.tie_word_embeddings, m.num_experts, m.max_position_embeddings) == ("qwen2", False, 1, 512)
     # The parameter count is the real one (biases and norms included), summed from the safetensors header.
     assert m.params_b * 1e9 == pytest.approx(count, abs=0.5)

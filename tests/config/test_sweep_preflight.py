@@ -16,15 +16,22 @@ SWEEPS = CONF_DIR.parent / "sweeps"
 
 
 def test_a_multirun_with_a_typo_a_wrong_type_and_an_impossible_point_lists_all_three():
-    msg = preflight(["-m", "algo=dpo", "+algo.betaa=0.1", "algo.beta=0.1,abc", "algo.micro_batch_per_gpu=4,3",
-                     "algo.train_batch_samples=16"])
+    msg = preflight(
+        [
+            "-m",
+            "algo=dpo",
+            "+algo.betaa=0.1",
+            "algo.beta=0.1,abc",
+            "algo.micro_batch_per_gpu=4,3",
+            "algo.train_batch_samples=16",
+        ]
+    )
     assert msg is not None and msg.startswith("4 of 4 sweep point(s) cannot run; nothing was launched:")
     # The typo (every point), the wrong type (the two beta=abc points), the impossible batch (the micro=3 ones):
     # the same messages a single run prints.
     assert "unknown config key 'algo.betaa' (schema DPOConfig). Did you mean 'algo.beta'?" in msg
     assert "wrong type for 'algo.beta': got 'abc', expected a float" in msg
-    assert ("algo.train_batch_samples=16 is not divisible by algo.micro_batch_per_gpu=3 x 1 data-parallel rank(s)"
-            in msg)
+    assert "algo.train_batch_samples=16 is not divisible by algo.micro_batch_per_gpu=3 x 1 data-parallel rank(s)" in msg
     assert msg.count("- algo.beta=") == 4
 
 
@@ -43,8 +50,12 @@ def test_sweep_files_expand_to_their_grid_and_optuna_bounds(monkeypatch):
     assert len(points) == 9
     # sft_lr_optuna: each interval's two bounds, log-scaled or not: 2 x 2 points.
     _plain, points = pf.sweep_points([], "sft_lr_optuna")
-    assert points == [["algo.lr=1e-05", "algo.warmup_ratio=0.0"], ["algo.lr=1e-05", "algo.warmup_ratio=0.1"],
-                      ["algo.lr=0.001", "algo.warmup_ratio=0.0"], ["algo.lr=0.001", "algo.warmup_ratio=0.1"]]
+    assert points == [
+        ["algo.lr=1e-05", "algo.warmup_ratio=0.0"],
+        ["algo.lr=1e-05", "algo.warmup_ratio=0.1"],
+        ["algo.lr=0.001", "algo.warmup_ratio=0.0"],
+        ["algo.lr=0.001", "algo.warmup_ratio=0.1"],
+    ]
 
 
 def test_sweep_file_points_are_checked_from_any_directory(tmp_path, monkeypatch):
@@ -69,8 +80,14 @@ def test_too_many_points_are_checked_one_axis_at_a_time():
 def test_cli_refuses_a_bad_sweep_before_launching_anything(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["PYTHONPATH"] = str(CONF_DIR.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    result = subprocess.run([sys.executable, "-m", "rlhf.run", "-cd", "sweeps", "-cn", "dpo_beta", "algo.beta=0.1,abc",
-                             "tracking=none"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf.run", "-cd", "sweeps", "-cn", "dpo_beta", "algo.beta=0.1,abc", "tracking=none"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: 1 of 2 sweep point(s) cannot run; nothing was launched:")
     assert "wrong type for 'algo.beta': got 'abc', expected a float" in result.stderr

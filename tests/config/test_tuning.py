@@ -63,7 +63,10 @@ def test_every_trained_role_of_a_tuning_file_keeps_its_batch_identity(name):
         assert r.micro_batch_per_gpu * r.grad_accum * r.dp_ranks == r.train_batch_samples, r
     actor = plan.role("actor")
     assert (actor.micro_batch_per_gpu, actor.grad_accum, actor.dp_ranks) == (
-        plan.micro_batch_per_gpu, plan.grad_accum, plan.world_size)
+        plan.micro_batch_per_gpu,
+        plan.grad_accum,
+        plan.world_size,
+    )
     for r in plan.roles:
         if not r.trained and r.role != "rollout":
             assert r.micro_batch_per_gpu == plan.micro_batch_per_gpu and r.train_batch_samples == 0
@@ -94,9 +97,10 @@ def test_tuning_file_fits_with_real_sequence_lengths(name):
 def test_no_tuning_without_a_matching_file():
     run = typed("algo=ppo", "model=llama3_8b", "hw=a100x8")
     assert run.tuning is None
-    assert "tuning          none" in resolve_plan(
-        typed("algo=dpo", "model=llama3_8b", "hw=a100x8", "algo.train_batch_samples=64")
-    ).table()
+    assert (
+        "tuning          none"
+        in resolve_plan(typed("algo=dpo", "model=llama3_8b", "hw=a100x8", "algo.train_batch_samples=64")).table()
+    )
 
 
 # --- the documented examples ---------------------------------------------------------------------------------

@@ -35,11 +35,19 @@ def test_colocated_vllm_rollout_trains_and_stays_in_sync(tmp_path: Path, algo: s
     from rlhf.models.tiny import tiny_model_dir
     from rlhf.run import execute
 
-    cfg = compose_config([
-        f"algo={algo}", "hw=h100x1", "rollout=vllm", "placement=colocated", "algo.max_steps=3",
-        "rollout.max_new_tokens=32", "rollout.gpu_memory_utilization=0.3", "tracking=none",
-        f"output_dir={tmp_path / algo}",
-    ])
+    cfg = compose_config(
+        [
+            f"algo={algo}",
+            "hw=h100x1",
+            "rollout=vllm",
+            "placement=colocated",
+            "algo.max_steps=3",
+            "rollout.max_new_tokens=32",
+            "rollout.gpu_memory_utilization=0.3",
+            "tracking=none",
+            f"output_dir={tmp_path / algo}",
+        ]
+    )
     result = execute(cfg, progress=False)
     assert result.steps == 3
     assert result.eval["check/greedy_agreement"] >= 0.95, result.eval

@@ -42,8 +42,14 @@ def mlflow_uri(tmp_path_factory) -> str:
 def compose(out: Path, mlflow_uri: str, *overrides: str, log_model: bool = False):
     from rlhf.config.preflight import compose_config
 
-    return compose_config([f"output_dir={out}", f"tracking.tracking_uri={mlflow_uri}",
-                           f"tracking.log_model={str(log_model).lower()}", *overrides])
+    return compose_config(
+        [
+            f"output_dir={out}",
+            f"tracking.tracking_uri={mlflow_uri}",
+            f"tracking.log_model={str(log_model).lower()}",
+            *overrides,
+        ]
+    )
 
 
 def run(out: Path, mlflow_uri: str, *overrides: str, log_model: bool = False):
@@ -92,8 +98,16 @@ def local_worker(tmp: Path, *overrides: str):
     cfg = OmegaConf.to_object(compose_config([f"output_dir={tmp}", "tracking=none", *overrides]))
     plan = resolve_plan(cfg)
     assert plan.world_size == 1, "an in-process rank must be the only one"
-    spec = TrainerSpec(algo=cfg.algo, model=cfg.model, data=cfg.data, engine=cfg.engine, plan=plan, seed=cfg.seed,
-                       output_dir=str(tmp), resume=False)
+    spec = TrainerSpec(
+        algo=cfg.algo,
+        model=cfg.model,
+        data=cfg.data,
+        engine=cfg.engine,
+        plan=plan,
+        seed=cfg.seed,
+        output_dir=str(tmp),
+        resume=False,
+    )
     worker = TrainerWorker(0, 1, spec)
     worker.setup("127.0.0.1", free_port())
     return worker
@@ -114,7 +128,11 @@ def step_with_gradient(worker, step: int = 0) -> tuple[dict[str, Any], list[torc
         hook.remove()
     # ZeRO steps its torch optimizer once per parameter group, showing it that group alone.
     grads = [t for call in captured for t in call]
-    after = [p.detach().clone() for p in getattr(opt, "single_partition_of_fp32_groups",
-                                                 [p for g in torch_opt.param_groups for p in g["params"]])]
+    after = [
+        p.detach().clone()
+        for p in getattr(
+            opt, "single_partition_of_fp32_groups", [p for g in torch_opt.param_groups for p in g["params"]]
+        )
+    ]
     assert len(grads) == len(after), f"expected one gradient per parameter group, got {len(grads)} for {len(after)}"
     return stats, grads, after

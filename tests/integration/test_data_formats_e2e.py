@@ -36,27 +36,67 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("public")
     user = lambda i: {"role": "user", "content": f"What is {i} plus 2?"}  # noqa: E731
     return {
-        "hh": _write(d / "hh.jsonl", [{"chosen": _hh(i, f"It is {i + 1}."), "rejected": _hh(i, "No idea, sorry.")}
-                                      for i in range(24)]),
-        "uf": _write(d / "uf.jsonl", [{"prompt": user(i)["content"], "prompt_id": str(i), "score_chosen": 8.0,
-                                       "chosen": [user(i), {"role": "assistant", "content": f"It is {i + 2}."}],
-                                       "rejected": [user(i), {"role": "assistant", "content": "Who knows."}],
-                                       "messages": [user(i), {"role": "assistant", "content": f"It is {i + 2}."}]}
-                                      for i in range(24)]),
-        "alpaca": _write(d / "alpaca.jsonl", [{"instruction": "Add the numbers.", "input": f"{i} and 3",
-                                               "output": f"{i + 3}", "text": ""} if i % 2 else
-                                              {"instruction": f"Say {i}.", "input": "", "output": f"{i}", "text": ""}
-                                              for i in range(24)]),
-        "sharegpt": _write(d / "sharegpt.jsonl", [{"conversations": [
-            {"from": "system", "value": "Answer with a number."}, {"from": "human", "value": f"{i} plus 4?"},
-            {"from": "gpt", "value": f"{i + 4}"}]} for i in range(24)]),
-        "gsm8k": _write(d / "gsm8k.jsonl", [{"question": f"Tom has {i} apples and buys 2 more. How many?",
-                                             "answer": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"}
-                                            for i in range(40)]),
-        "kto": _write(d / "kto.jsonl", [{"prompt": [{"role": "user", "content": f"What is {i} plus 1?"}],
-                                         "completion": [{"role": "assistant",
-                                                         "content": f"It is {i + 1}." if i % 2 else "Go away."}],
-                                         "label": bool(i % 2)} for i in range(32)]),
+        "hh": _write(
+            d / "hh.jsonl",
+            [{"chosen": _hh(i, f"It is {i + 1}."), "rejected": _hh(i, "No idea, sorry.")} for i in range(24)],
+        ),
+        "uf": _write(
+            d / "uf.jsonl",
+            [
+                {
+                    "prompt": user(i)["content"],
+                    "prompt_id": str(i),
+                    "score_chosen": 8.0,
+                    "chosen": [user(i), {"role": "assistant", "content": f"It is {i + 2}."}],
+                    "rejected": [user(i), {"role": "assistant", "content": "Who knows."}],
+                    "messages": [user(i), {"role": "assistant", "content": f"It is {i + 2}."}],
+                }
+                for i in range(24)
+            ],
+        ),
+        "alpaca": _write(
+            d / "alpaca.jsonl",
+            [
+                {"instruction": "Add the numbers.", "input": f"{i} and 3", "output": f"{i + 3}", "text": ""}
+                if i % 2
+                else {"instruction": f"Say {i}.", "input": "", "output": f"{i}", "text": ""}
+                for i in range(24)
+            ],
+        ),
+        "sharegpt": _write(
+            d / "sharegpt.jsonl",
+            [
+                {
+                    "conversations": [
+                        {"from": "system", "value": "Answer with a number."},
+                        {"from": "human", "value": f"{i} plus 4?"},
+                        {"from": "gpt", "value": f"{i + 4}"},
+                    ]
+                }
+                for i in range(24)
+            ],
+        ),
+        "gsm8k": _write(
+            d / "gsm8k.jsonl",
+            [
+                {
+                    "question": f"Tom has {i} apples and buys 2 more. How many?",
+                    "answer": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}",
+                }
+                for i in range(40)
+            ],
+        ),
+        "kto": _write(
+            d / "kto.jsonl",
+            [
+                {
+                    "prompt": [{"role": "user", "content": f"What is {i} plus 1?"}],
+                    "completion": [{"role": "assistant", "content": f"It is {i + 1}." if i % 2 else "Go away."}],
+                    "label": bool(i % 2),
+                }
+                for i in range(32)
+            ],
+        ),
         "reward": str(_reward_file(d / "my_reward.py")),
     }
 
@@ -71,8 +111,9 @@ def _run(tmp_path: Path, *overrides: str):
     from rlhf.config.preflight import compose_config
     from rlhf.run import execute
 
-    argv = rewrite_argv([f"output_dir={tmp_path / 'out'}", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db",
-                         *SHORT, *overrides])
+    argv = rewrite_argv(
+        [f"output_dir={tmp_path / 'out'}", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db", *SHORT, *overrides]
+    )
     dcfg = compose_config(argv)
     result = execute(dcfg, progress=False)
     assert result is not None and result.steps == 2, result
@@ -124,8 +165,11 @@ def test_dpo_on_hh_rlhf_and_ultrafeedback(tmp_path, files, capsys):
     s = by["train"][0]
     prompt = tok.decode(s["chosen_ids"][: s["prompt_len"]])
     i = int(prompt.split("What is ")[1].split(" ")[0])
-    history = [{"role": "user", "content": f"What is {i} plus 1?"}, {"role": "assistant", "content": "Let me see."},
-               {"role": "user", "content": "Go on."}]
+    history = [
+        {"role": "user", "content": f"What is {i} plus 1?"},
+        {"role": "assistant", "content": "Let me see."},
+        {"role": "user", "content": "Go on."},
+    ]
     # HH: the prompt is the history up to the last Assistant turn; the responses do not repeat it.
     assert prompt == _chat(tok, history, gen=True)
     assert [r.strip() for r in _runs(tok, s["chosen_ids"], s["chosen_mask"])] == [f"It is {i + 1}.{tok.eos_token}"]
@@ -140,8 +184,13 @@ def test_dpo_on_hh_rlhf_and_ultrafeedback(tmp_path, files, capsys):
 def test_sft_on_alpaca_and_sharegpt(tmp_path, files, capsys):
     from transformers import AutoTokenizer
 
-    result, cfg = _run(tmp_path, "algo=sft", "algo.epochs=1", f"data.train={files['alpaca']}",
-                       f"+data.sources.hermes.path={files['sharegpt']}")
+    result, cfg = _run(
+        tmp_path,
+        "algo=sft",
+        "algo.epochs=1",
+        f"data.train={files['alpaca']}",
+        f"+data.sources.hermes.path={files['sharegpt']}",
+    )
     printed = capsys.readouterr().out
     assert "data: alpaca format detected" in printed and "data: sharegpt format detected" in printed
     _moved(result.model_dir)
@@ -163,9 +212,15 @@ def test_sft_on_alpaca_and_sharegpt(tmp_path, files, capsys):
 
 
 def test_grpo_on_gsm8k_with_a_reward_file(tmp_path, files, capsys):
-    result, cfg = _run(tmp_path, "algo=grpo", "algo.prompts_per_step=4", "rollout.max_new_tokens=8",
-                       f"data.train={files['gsm8k']}", f"+reward.sources.brevity.path={files['reward']}:brevity",
-                       "+reward.sources.brevity.weight=0.5")
+    result, cfg = _run(
+        tmp_path,
+        "algo=grpo",
+        "algo.prompts_per_step=4",
+        "rollout.max_new_tokens=8",
+        f"data.train={files['gsm8k']}",
+        f"+reward.sources.brevity.path={files['reward']}:brevity",
+        "+reward.sources.brevity.weight=0.5",
+    )
     printed = capsys.readouterr().out
     assert "data: gsm8k format detected" in printed
     assert set(cfg.reward.sources) == {"numeric_format", "exact_match", "brevity"}

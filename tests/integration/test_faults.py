@@ -17,8 +17,15 @@ from tests.integration.conftest import SMALL_DATA, run
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.faults]
 
-SFT = ["algo=sft", "algo.train_batch_samples=8", "algo.micro_batch_per_gpu=4", "algo.epochs=1",
-       "algo.save_every=1", "algo.keep_checkpoints=1", *SMALL_DATA["sft"]]
+SFT = [
+    "algo=sft",
+    "algo.train_batch_samples=8",
+    "algo.micro_batch_per_gpu=4",
+    "algo.epochs=1",
+    "algo.save_every=1",
+    "algo.keep_checkpoints=1",
+    *SMALL_DATA["sft"],
+]
 
 
 def _checkpoint_bytes(root: Path) -> int:
@@ -33,8 +40,9 @@ def mount_tmpfs(tmp_path):
     def mount(size_bytes: int) -> Path:
         path = tmp_path / f"disk{len(mounts)}"
         path.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
-                              capture_output=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)], capture_output=True
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()}")
         mounts.append(path)

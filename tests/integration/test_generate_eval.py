@@ -33,8 +33,14 @@ def test_generate_greedy_equals_model_generate(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     questions = ["What is 3 + 4?", "Compute 12 * 11.", "Which is larger, 41 or 17?", "Hello!", "Count from 4 to 8."]
     prompts.write_text("".join(json.dumps({"prompt": q, "id": i}) + "\n" for i, q in enumerate(questions)))
-    out = generate(_cfg(f"generate.prompts={prompts}", f"generate.out={tmp_path / 'gen.jsonl'}",
-                        "generate.max_new_tokens=12", "generate.batch_size=3"))
+    out = generate(
+        _cfg(
+            f"generate.prompts={prompts}",
+            f"generate.out={tmp_path / 'gen.jsonl'}",
+            "generate.max_new_tokens=12",
+            "generate.batch_size=3",
+        )
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(len(questions)))  # order and the row's own fields kept
 
@@ -42,11 +48,12 @@ def test_generate_greedy_equals_model_generate(tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     for q, row in zip(questions, rows):
-        assert row["prompt"] == tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                        add_generation_prompt=True)
+        assert row["prompt"] == tok.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
         ids = tok(row["prompt"], return_tensors="pt", add_special_tokens=False)
         ref = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-        expected = tok.decode(ref[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        expected = tok.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         assert row["response"] == expected, (q, row["response"], expected)
 
 
@@ -90,9 +97,16 @@ def test_eval_pass_at_k_on_a_reward_that_marks_c_of_n_correct(tmp_path: Path) ->
     fn.write_text(REWARD)
     n = 4
     # The shipped arithmetic prompts: their answers vary, so c does too (the default task's are all 0).
-    cfg = _cfg("reward=math", f"reward.sources.exact_match.path={fn}:score", "eval.max_prompts=12",
-               "data.sources.tiny_math.path=asset:prompts",
-               f"eval.n_samples={n}", "eval.k=[1,2,4]", "eval.temperature=1.0", "rollout.max_new_tokens=6")
+    cfg = _cfg(
+        "reward=math",
+        f"reward.sources.exact_match.path={fn}:score",
+        "eval.max_prompts=12",
+        "data.sources.tiny_math.path=asset:prompts",
+        f"eval.n_samples={n}",
+        "eval.k=[1,2,4]",
+        "eval.temperature=1.0",
+        "rollout.max_new_tokens=6",
+    )
     metrics = evaluate_model(cfg, tmp_path / "out")
     records = [json.loads(line) for line in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
     assert len(records) == 12 and all(len(r["samples"]) == n for r in records)
@@ -113,19 +127,45 @@ def test_generate_and_eval_commands(tmp_path: Path) -> None:
     """The documented commands: Hydra entry points on the conf/ tree, outputs where asked, no third-party noise."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     common = [f"hydra.run.dir={tmp_path}/hydra", "tracking=none", "model.name_or_path=tiny:llama_chat"]
-    gen = subprocess.run([sys.executable, "-m", "rlhf.generate", f"generate.out={tmp_path}/g.jsonl",
-                          "generate.max_prompts=3", "generate.n=2", "generate.temperature=1.0", *common],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    gen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf.generate",
+            f"generate.out={tmp_path}/g.jsonl",
+            "generate.max_prompts=3",
+            "generate.n=2",
+            "generate.temperature=1.0",
+            *common,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert gen.returncode == 0, gen.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["responses"]) == 2 and "answer" in r for r in rows)
-    ev = subprocess.run([sys.executable, "-m", "rlhf.eval", f"output_dir={tmp_path}/ev", "eval.max_prompts=4",
-                         *common], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ev = subprocess.run(
+        [sys.executable, "-m", "rlhf.eval", f"output_dir={tmp_path}/ev", "eval.max_prompts=4", *common],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     metrics = json.loads((tmp_path / "ev" / "eval_metrics.json").read_text())
     assert metrics["eval/prompts"] == 4 and 0.0 <= metrics["eval/accuracy"] <= 1.0
     assert "eval/accuracy" in ev.stdout
     assert "Warning" not in ev.stderr and "Setting accelerator" not in ev.stderr, ev.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "-m", "rlhf.eval", "eval.n_samples=2", "eval.k=[4]", *common],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "rlhf.eval", "eval.n_samples=2", "eval.k=[4]", *common],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "eval.k=[4]" in bad.stderr, bad.stderr[-2000:]

@@ -43,8 +43,12 @@ def single_rank(tmp_path_factory):
         for algo, overrides in CASES.items():
             out[algo] = {}
             for micro in (4, 1):
-                worker = local_worker(tmp_path_factory.mktemp(f"{algo}{micro}"), *overrides, *ONE_STEP,
-                                      f"algo.micro_batch_per_gpu={micro}")
+                worker = local_worker(
+                    tmp_path_factory.mktemp(f"{algo}{micro}"),
+                    *overrides,
+                    *ONE_STEP,
+                    f"algo.micro_batch_per_gpu={micro}",
+                )
                 stats, grad, after = step_with_gradient(worker)
                 out[algo][micro] = (stats, grad, after, worker.spec.algo.lr)
         yield out
@@ -86,8 +90,15 @@ def _exp_avg(ckpt_dir: Path) -> list[torch.Tensor]:
 @pytest.mark.parametrize("algo", sorted(CASES))
 def test_two_data_parallel_ranks_give_the_single_rank_gradient(single_rank, algo, tmp_path, mlflow_uri):
     # 2 CPU ranks x 1 sample x 2 accumulation = the same 4 samples as one rank with one micro-batch of 4.
-    result = run(tmp_path, mlflow_uri, *CASES[algo], *ONE_STEP, "hw.cpu_workers=2", "algo.micro_batch_per_gpu=1",
-                 "algo.save_every=1")
+    result = run(
+        tmp_path,
+        mlflow_uri,
+        *CASES[algo],
+        *ONE_STEP,
+        "hw.cpu_workers=2",
+        "algo.micro_batch_per_gpu=1",
+        "algo.save_every=1",
+    )
     stats, grad, _, _ = single_rank[algo][4]
     assert result.first["train/loss"] == pytest.approx(stats["train/loss"], rel=1e-5)
     assert result.first["train/grad_norm"] == pytest.approx(stats["train/grad_norm"], rel=1e-5)
@@ -133,15 +144,16 @@ def test_packed_forward_gives_per_sample_token_logprobs():
     packed = collate_for_task("sft", samples, tok, packing=True, attn_impl="sdpa", dtype=torch.float32)
     assert packed["input_ids"].shape[0] == 1 and packed["seq_lens"].tolist() == [len(s["input_ids"]) for s in samples]
     with torch.no_grad():
-        row = _token_logps(model, packed["input_ids"], position_ids=packed["position_ids"],
-                           attention_mask=packed["attention_mask_4d"])
+        row = _token_logps(
+            model, packed["input_ids"], position_ids=packed["position_ids"], attention_mask=packed["attention_mask_4d"]
+        )
         start = 0
         for s in samples:
             n = len(s["input_ids"])
             alone = _token_logps(model, torch.tensor([s["input_ids"]]))
             # Target t of the row predicts token t + 1; a sample's first token is predicted from the previous
             # sample, so its n - 1 own targets start at the row position of its first token.
-            torch.testing.assert_close(row[start:start + n - 1], alone, rtol=0, atol=1e-5)
+            torch.testing.assert_close(row[start : start + n - 1], alone, rtol=0, atol=1e-5)
             start += n
 
 
@@ -155,8 +167,9 @@ def test_packed_and_padded_batches_give_the_same_objective(task):
 
     model, tok = _tiny()
     samples = _samples(task, tok, 4)
-    batches = {p: collate_for_task(task, samples, tok, packing=p, attn_impl="sdpa", dtype=torch.float32)
-               for p in (False, True)}
+    batches = {
+        p: collate_for_task(task, samples, tok, packing=p, attn_impl="sdpa", dtype=torch.float32) for p in (False, True)
+    }
     out = {}
     with torch.no_grad():
         if task == "sft":
@@ -168,8 +181,9 @@ def test_packed_and_padded_batches_give_the_same_objective(task):
             ref = copy.deepcopy(model)
             ref.lm_head.weight.mul_(0.9)  # a reference unlike the policy, so the log-ratios are not all zero
             for p, b in batches.items():
-                loss, m = dpo_objective(model, b, StepCounts(tokens=1.0, samples=4.0), ref_model=ref,
-                                        algo=DPOConfig(beta=0.1))
+                loss, m = dpo_objective(
+                    model, b, StepCounts(tokens=1.0, samples=4.0), ref_model=ref, algo=DPOConfig(beta=0.1)
+                )
                 out[p] = {"loss": float(loss), **{k: float(v) for k, v in m.items()}}
             assert abs(out[False]["train/reward_margin"]) > 1e-3
     assert out[True].keys() == out[False].keys()

@@ -19,9 +19,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 # Third-party lines a run must not print unless asked to (-v): rlhf/quiet.py.
-NOISE = ("Failed to load weights", "Token authentication is enabled", "Setting accelerator to CPU",
-         "dataset source can be interpreted", "requires_grad", "UserWarning", "FutureWarning",
-         "Writing model shards", "Loading weights", "INFO mlflow")
+NOISE = (
+    "Failed to load weights",
+    "Token authentication is enabled",
+    "Setting accelerator to CPU",
+    "dataset source can be interpreted",
+    "requires_grad",
+    "UserWarning",
+    "FutureWarning",
+    "Writing model shards",
+    "Loading weights",
+    "INFO mlflow",
+)
 
 
 @pytest.mark.slow
@@ -36,7 +45,11 @@ def test_make_run_trains_and_reports(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     proc = subprocess.run(
         ["make", "--no-print-directory", "-o", ".make/installed", "run", f"PYTHON={sys.executable}", f"ARGS={args}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=850,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
@@ -75,16 +88,34 @@ def test_make_run_trains_and_reports(tmp_path):
 @pytest.mark.timeout(900)
 def test_verbose_shows_what_the_default_hides(tmp_path):
     """`-v` lets third-party warnings through, in the driver and in the Ray workers."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_AUTH_MODE",
-                                                            "RLHF_VERBOSE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_AUTH_MODE", "RLHF_VERBOSE")
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.run", "-v", "algo.max_steps=1", "eval.max_prompts=8", f"output_dir={tmp_path}/out",
-         f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/hydra"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=850,
+        [
+            sys.executable,
+            "-m",
+            "rlhf.run",
+            "-v",
+            "algo.max_steps=1",
+            "eval.max_prompts=8",
+            f"output_dir={tmp_path}/out",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"hydra.run.dir={tmp_path}/hydra",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     assert "Token authentication is enabled" in text, text[-3000:]
     # DeepSpeed names its CPU fallback in the driver and again in each worker process.
-    worker_lines = [line for line in text.splitlines() if "Setting accelerator to CPU" in line and "Worker pid=" in line]
+    worker_lines = [
+        line for line in text.splitlines() if "Setting accelerator to CPU" in line and "Worker pid=" in line
+    ]
     assert worker_lines, text[-3000:]

@@ -23,8 +23,15 @@ from tests.integration.conftest import SMALL_DATA, base_weights, compose, metric
 pytestmark = pytest.mark.timeout(600)
 
 # SFT: 32 conversations, 4 steps of 8 per epoch, 2 epochs; state saved after step 4 (the end of epoch 1).
-SFT = ["algo=sft", "algo.train_batch_samples=8", "algo.micro_batch_per_gpu=4", "algo.epochs=2",
-       "algo.save_every=4", "algo.keep_checkpoints=5", *SMALL_DATA["sft"]]
+SFT = [
+    "algo=sft",
+    "algo.train_batch_samples=8",
+    "algo.micro_batch_per_gpu=4",
+    "algo.epochs=2",
+    "algo.save_every=4",
+    "algo.keep_checkpoints=5",
+    *SMALL_DATA["sft"],
+]
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +210,15 @@ def dpo_family(tmp_path_factory, mlflow_uri):
     runs = {}
     for algo, steps in (("dpo", 2), ("ipo", 1), ("cdpo", 1)):
         out = tmp_path_factory.mktemp(algo)
-        runs[algo] = run(out, mlflow_uri, f"algo={algo}", f"algo.max_steps={steps}", "algo.train_batch_samples=8",
-                         "algo.micro_batch_per_gpu=4", *SMALL_DATA["pair"])
+        runs[algo] = run(
+            out,
+            mlflow_uri,
+            f"algo={algo}",
+            f"algo.max_steps={steps}",
+            "algo.train_batch_samples=8",
+            "algo.micro_batch_per_gpu=4",
+            *SMALL_DATA["pair"],
+        )
     return runs
 
 
@@ -249,14 +263,23 @@ def test_dpo_family_losses_differ_as_the_formulas_say_when_the_gap_is_not_zero()
     with torch.no_grad():
         ref.lm_head.weight.mul_(0.9)
     data = DataConfig(sources={"p": SourceConfig(path="asset:preference", max_samples=1)}, max_len=256)
-    batch = collate_for_task("pair", [build_dataset("pair", data, tok, "train", seed=0)[0]], tok, packing=False,
-                             attn_impl="sdpa", dtype=torch.float32)
+    batch = collate_for_task(
+        "pair",
+        [build_dataset("pair", data, tok, "train", seed=0)[0]],
+        tok,
+        packing=False,
+        attn_impl="sdpa",
+        dtype=torch.float32,
+    )
     one = StepCounts(tokens=1.0, samples=1.0)
     beta, eps = 0.1, 0.1
     out = {}
     with torch.no_grad():
-        for name, cfg in (("dpo", DPOConfig(beta=beta)), ("cdpo", DPOConfig(beta=beta, label_smoothing=eps)),
-                          ("ipo", DPOConfig(beta=beta, loss="ipo"))):
+        for name, cfg in (
+            ("dpo", DPOConfig(beta=beta)),
+            ("cdpo", DPOConfig(beta=beta, label_smoothing=eps)),
+            ("ipo", DPOConfig(beta=beta, loss="ipo")),
+        ):
             loss, m = dpo_objective(policy, batch, one, ref_model=ref, algo=cfg)
             out[name] = (float(loss), float(m["train/reward_margin"]))
     margin = out["dpo"][1]  # beta * h with summed log-probs
@@ -282,8 +305,15 @@ def test_kto_runs(tmp_path, mlflow_uri):
 def test_lora_sft_trains_and_saves_merged_weights(tmp_path, mlflow_uri):
     from transformers import AutoModelForCausalLM
 
-    result = run(tmp_path, mlflow_uri, "algo=sft", "model.lora.rank=8", "algo.max_steps=2",
-                 "algo.train_batch_samples=8", *SMALL_DATA["sft"])
+    result = run(
+        tmp_path,
+        mlflow_uri,
+        "algo=sft",
+        "model.lora.rank=8",
+        "algo.max_steps=2",
+        "algo.train_batch_samples=8",
+        *SMALL_DATA["sft"],
+    )
     final = Path(result.model_dir)
     assert (final / "adapter" / "adapter_config.json").exists()
     before, after = base_weights(), weights(final)

@@ -39,8 +39,14 @@ def _ray_for_module():
 
 def _run(tmp_path: Path, *overrides: str, name: str = "run"):
     out = tmp_path / name
-    cfg = compose_config([f"output_dir={out}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                          "tracking.log_model=false", *overrides])
+    cfg = compose_config(
+        [
+            f"output_dir={out}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "tracking.log_model=false",
+            *overrides,
+        ]
+    )
     return execute(cfg, progress=False), out
 
 
@@ -57,8 +63,13 @@ def _initial_weights() -> dict[str, torch.Tensor]:
 def _short(algo: str) -> list[str]:
     # PPO and REINFORCE++ take one sample per prompt: 8 prompts a step keeps the batch divisible.
     per_step = 8 if algo in ("ppo", "reinforce_pp") else 4
-    return [f"algo={algo}", f"algo.prompts_per_step={per_step}", "algo.train_batch_samples=8",
-            "algo.micro_batch_per_gpu=4", *SHORT]
+    return [
+        f"algo={algo}",
+        f"algo.prompts_per_step={per_step}",
+        "algo.train_batch_samples=8",
+        "algo.micro_batch_per_gpu=4",
+        *SHORT,
+    ]
 
 
 @pytest.mark.parametrize("algo", RL_ALGOS)
@@ -79,8 +90,12 @@ def test_algorithm_trains_and_saves(tmp_path: Path, algo: str) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     tok = AutoTokenizer.from_pretrained(result.model_dir)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 3 + 4?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] > ids["input_ids"].shape[1]
     assert (out / "config.yaml").is_file() and (out / "plan.json").is_file()
@@ -113,8 +128,14 @@ def _train_reward_model(tmp_path: Path) -> str:
 
 def test_reward_models_combined_with_per_model_metrics(tmp_path: Path) -> None:
     rm = _train_reward_model(tmp_path)
-    result, _ = _run(tmp_path, *_short("rloo"), "reward=models", f"reward.sources.helpful.path={rm}",
-                     f"reward.sources.harmless.path={rm}", name="rl")
+    result, _ = _run(
+        tmp_path,
+        *_short("rloo"),
+        "reward=models",
+        f"reward.sources.helpful.path={rm}",
+        f"reward.sources.harmless.path={rm}",
+        name="rl",
+    )
     last = result.last
     helpful, harmless = last["reward/helpful_mean"], last["reward/harmless_mean"]
     assert math.isfinite(helpful) and helpful != 0.0, sorted(last)
@@ -132,9 +153,20 @@ def _free_port() -> int:
 def test_remote_reward_server_in_the_loop(tmp_path: Path) -> None:
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "rlhf.rewards.server", "--fn", "rlhf.rewards.functions:numeric_format",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "rlhf.rewards.server",
+            "--fn",
+            "rlhf.rewards.functions:numeric_format",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.time() + 60
@@ -145,7 +177,9 @@ def test_remote_reward_server_in_the_loop(tmp_path: Path) -> None:
             except OSError:
                 assert server.poll() is None, server.stdout.read()
                 time.sleep(0.3)
-        result, _ = _run(tmp_path, *_short("grpo"), "reward=remote", f"reward.sources.remote.url=http://127.0.0.1:{port}/score")
+        result, _ = _run(
+            tmp_path, *_short("grpo"), "reward=remote", f"reward.sources.remote.url=http://127.0.0.1:{port}/score"
+        )
         assert 0.0 <= result.last["reward/remote_mean"] <= 1.0
         assert result.last["rollout/reward_mean"] == pytest.approx(result.last["reward/remote_mean"], abs=1e-4)
     finally:

@@ -44,11 +44,19 @@ with submitit_ray_cluster(out / "job", join_timeout_s=120) as role:
 
 def _rank_env(rank: int, job_id: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_", "RAY_ADDRESS"))}
-    env.update({
-        "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": job_id, "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2",
-        "SLURM_JOB_NODELIST": "localhost,localhost", "SLURM_NODEID": str(rank), "SLURM_PROCID": str(rank),
-        "SLURM_LOCALID": "0", "RAY_USAGE_STATS_ENABLED": "0",
-    })
+    env.update(
+        {
+            "SUBMITIT_EXECUTOR": "slurm",
+            "SLURM_JOB_ID": job_id,
+            "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_NTASKS": "2",
+            "SLURM_JOB_NODELIST": "localhost,localhost",
+            "SLURM_NODEID": str(rank),
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
     return env
 
 
@@ -62,8 +70,17 @@ def _ray_pids(job_id: str) -> list[int]:
 def test_two_ranks_form_one_ray_cluster_and_the_worker_waits_for_the_driver(tmp_path):
     # A job id whose head port slot is unlikely to be taken by a concurrent run: 20000 + 10 * (pid % 900).
     job_id = str(900_000 + os.getpid() % 900)
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(tmp_path)], cwd=REPO, env=_rank_env(r, job_id),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_SCRIPT, str(tmp_path)],
+            cwd=REPO,
+            env=_rank_env(r, job_id),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     outputs = []
     t0 = time.time()
     try:

@@ -10,8 +10,15 @@ import pytest
 from tests.integration.conftest import metric_history, run_id
 
 # GRPO, 4 prompts x 4 samples a step, 8-token answers, an 8-prompt held-out evaluation.
-SHORT = ["algo=grpo", "algo.prompts_per_step=4", "algo.train_batch_samples=8", "algo.micro_batch_per_gpu=4",
-         "rollout.max_new_tokens=8", "data.sources.tiny_math.max_samples=64", "eval.max_prompts=8"]
+SHORT = [
+    "algo=grpo",
+    "algo.prompts_per_step=4",
+    "algo.train_batch_samples=8",
+    "algo.micro_batch_per_gpu=4",
+    "rollout.max_new_tokens=8",
+    "data.sources.tiny_math.max_samples=64",
+    "eval.max_prompts=8",
+]
 
 
 def _run(tmp_path: Path, mlflow_uri: str, *overrides: str):
@@ -57,8 +64,9 @@ def test_run_control_values_are_refused_at_plan_time() -> None:
     from rlhf.config.preflight import compose_config
     from rlhf.plan import PlanError, resolve_plan
 
-    cfg = OmegaConf.to_object(compose_config(["algo.max_time=-5", "algo.max_steps=0", "algo.epochs=0",
-                                              "algo.save_every=-1", "tracking=none"]))
+    cfg = OmegaConf.to_object(
+        compose_config(["algo.max_time=-5", "algo.max_steps=0", "algo.epochs=0", "algo.save_every=-1", "tracking=none"])
+    )
     with pytest.raises(PlanError) as err:
         resolve_plan(cfg)
     text = str(err.value)

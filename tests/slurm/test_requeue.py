@@ -70,31 +70,62 @@ def test_requeued_job_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp_pat
     env.pop("RLHF_PARENT_RUN_ID", None)
     sweep_dir = tmp_path / "sweep"
     point_dir = sweep_dir / "0"
-    args = ["-m", "hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5",
-            "hydra.launcher.signal_delay_s=30", "algo=sft", f"algo.save_every={SAVE_EVERY}", "algo.max_steps=100",
-            f"data.sources.tiny_chat.max_samples={8 * TOTAL_STEPS}", "data.sources.tiny_chat.eval_split=null",
-            "tracking.log_model=false", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf.run", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = [
+        "-m",
+        "hydra/launcher=slurm_cpu",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.signal_delay_s=30",
+        "algo=sft",
+        f"algo.save_every={SAVE_EVERY}",
+        "algo.max_steps=100",
+        f"data.sources.tiny_chat.max_samples={8 * TOTAL_STEPS}",
+        "data.sources.tiny_chat.eval_split=null",
+        "tracking.log_model=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf.run", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(sweep_dir.glob(".submitit/*/*_log.*")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(sweep_dir.glob(".submitit/*/*_log.*"))
+        )
 
     job_id = None
     try:
-        job_dir = _wait_for("submitit job folder", lambda: next(
-            (d for d in sweep_dir.glob(".submitit/*") if re.fullmatch(r"\d+(_\d+)?", d.name)), None), 120, proc, logs)
+        job_dir = _wait_for(
+            "submitit job folder",
+            lambda: next((d for d in sweep_dir.glob(".submitit/*") if re.fullmatch(r"\d+(_\d+)?", d.name)), None),
+            120,
+            proc,
+            logs,
+        )
         job_id = job_dir.name
-        first_ckpt = _wait_for("first checkpoint", lambda: latest_checkpoint(point_dir / "checkpoints"), 240, proc,
-                               logs)
+        first_ckpt = _wait_for(
+            "first checkpoint", lambda: latest_checkpoint(point_dir / "checkpoints"), 240, proc, logs
+        )
         saved_step = json.loads((first_ckpt / STATE_FILE).read_text())["step"]
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
         _wait_for("requeue", lambda: _job_field(job_id, "Restarts") not in (None, "0"), 60, proc, logs)
         # A requeued job waits about two minutes (Slurm's BeginTime, set once the cut attempt has ended) before
         # it is eligible again; start it as soon as it is pending.
         # (Once Restarts is 1 the cut attempt is over: any state but PENDING means the second one started.)
-        state = _wait_for("requeued job pending or running again", lambda: _job_field(job_id, "JobState") in (
-            "PENDING", "RUNNING", "COMPLETED") and _job_field(job_id, "JobState"), 90, proc, logs)
+        state = _wait_for(
+            "requeued job pending or running again",
+            lambda: (
+                _job_field(job_id, "JobState") in ("PENDING", "RUNNING", "COMPLETED") and _job_field(job_id, "JobState")
+            ),
+            90,
+            proc,
+            logs,
+        )
         if state == "PENDING":
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
         out, _ = proc.communicate(timeout=420)

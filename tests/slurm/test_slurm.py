@@ -53,11 +53,22 @@ def test_two_point_sweep_through_slurm_reaches_mlflow(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RLHF_PARENT_RUN_ID", None)
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20",
-            "algo=sft", "algo.lr=1e-4,3e-4", "algo.max_steps=1", "data.sources.tiny_chat.max_samples=32",
-            "data.sources.tiny_chat.eval_split=null", "tracking.log_model=false", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "rlhf.run", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1100)
+    args = [
+        "-m",
+        "hydra/launcher=slurm_cpu",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=20",
+        "algo=sft",
+        "algo.lr=1e-4,3e-4",
+        "algo.max_steps=1",
+        "data.sources.tiny_chat.max_samples=32",
+        "data.sources.tiny_chat.eval_split=null",
+        "tracking.log_model=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1100
+    )
     logs = "\n".join(p.read_text()[-2000:] for p in sweep_dir.glob(".submitit/*/*_log.*"))
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}\njob logs:\n{logs}"
 

@@ -18,8 +18,15 @@ from rlhf.memory import (
 )
 
 # Llama-3-8B (config.json of meta-llama/Meta-Llama-3-8B).
-LLAMA3_8B = ModelShape(params_b=8.03, hidden_size=4096, num_layers=32, vocab_size=128256, num_kv_heads=8,
-                       num_heads=32, intermediate_size=14336)
+LLAMA3_8B = ModelShape(
+    params_b=8.03,
+    hidden_size=4096,
+    num_layers=32,
+    vocab_size=128256,
+    num_kv_heads=8,
+    num_heads=32,
+    intermediate_size=14336,
+)
 BASE = dict(dp_size=8, zero_stage=2, micro_batch=2, seq_len=2048, gradient_checkpointing=True)
 
 
@@ -132,13 +139,15 @@ def test_inference_shards_weights():
 def test_kv_cache_and_rollout_capacity():
     # 2 (K and V) x 32 layers x 8 kv heads x 128 dims x 2 bytes = 131,072 bytes per token.
     assert kv_cache_bytes_per_token(LLAMA3_8B) == 131_072
-    est, capacity = rollout_memory(LLAMA3_8B, gpu_memory_gb=80, gpu_memory_utilization=0.5,
-                                   tensor_parallel_size=1, concurrent_tokens=0)
+    est, capacity = rollout_memory(
+        LLAMA3_8B, gpu_memory_gb=80, gpu_memory_utilization=0.5, tensor_parallel_size=1, concurrent_tokens=0
+    )
     # 40 GiB reserved - 16.06e9 bytes of weights - 1 GiB workspace, over 131,072 bytes per token.
     kv = 40 * GIB - 8.03e9 * 2 - GIB
     assert capacity == pytest.approx(kv / 131_072)
-    _, tp2 = rollout_memory(LLAMA3_8B, gpu_memory_gb=80, gpu_memory_utilization=0.5,
-                            tensor_parallel_size=2, concurrent_tokens=0)
+    _, tp2 = rollout_memory(
+        LLAMA3_8B, gpu_memory_gb=80, gpu_memory_utilization=0.5, tensor_parallel_size=2, concurrent_tokens=0
+    )
     assert tp2 > 2 * capacity
 
 

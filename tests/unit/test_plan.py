@@ -52,8 +52,16 @@ def _params(m) -> float:
 @pytest.mark.parametrize("option", sorted(HF_CONFIGS))
 def test_model_presets_hold_the_published_architecture(option):
     m = typed(f"model={option}").model
-    got = (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size, m.vocab_size,
-           m.num_experts, m.tie_word_embeddings)
+    got = (
+        m.hidden_size,
+        m.num_layers,
+        m.num_heads,
+        m.num_kv_heads,
+        m.intermediate_size,
+        m.vocab_size,
+        m.num_experts,
+        m.tie_word_embeddings,
+    )
     assert got == HF_CONFIGS[option]
     # params_b agrees with the shape to 1% (biases and norms are the rest).
     assert _params(m) / 1e9 == pytest.approx(m.params_b, rel=0.01)
@@ -137,8 +145,9 @@ def test_memory_check_dry_mode_prints_the_planner_side(tmp_path, capsys, monkeyp
     monkeypatch.setitem(__import__("sys").modules, "memory_check", module)
     spec.loader.exec_module(module)
     out = tmp_path / "mc.json"
-    assert module.main(["--dry", "--presets", "qwen2_5_0_5b", "--roles", "sft,dpo", "--zero", "2",
-                        "--out", str(out)]) == 0
+    assert (
+        module.main(["--dry", "--presets", "qwen2_5_0_5b", "--roles", "sft,dpo", "--zero", "2", "--out", str(out)]) == 0
+    )
     cases = json.loads(out.read_text())["cases"]
     assert [(c["role"], c["estimate_row"]) for c in cases] == [("sft", "actor"), ("dpo", "actor+ref")]
     assert all(c["allocated_gib"] is None and c["estimate_gib"] > c["estimate_no_overhead_gib"] > 0 for c in cases)

@@ -139,8 +139,14 @@ def test_gae_with_gamma_and_kl_in_reward():
     # t0: delta = -0.1 + 0.9 * 0.4 - 0.5 = -0.24, A = -0.24 + 0.9 * 0.8 * 0.4 = 0.048
     mask = torch.ones(1, 2)
     _, ret = compute_advantages(
-        "gae", scores=torch.tensor([1.0]), mask=mask, kl=torch.tensor([[1.0, 2.0]]), kl_coef=0.1,
-        values=torch.tensor([[0.5, 0.4]]), gamma=0.9, lam=0.8,
+        "gae",
+        scores=torch.tensor([1.0]),
+        mask=mask,
+        kl=torch.tensor([[1.0, 2.0]]),
+        kl_coef=0.1,
+        values=torch.tensor([[0.5, 0.4]]),
+        gamma=0.9,
+        lam=0.8,
     )
     torch.testing.assert_close(ret, torch.tensor([[0.048 + 0.5, 0.4 + 0.4]]))
 

@@ -23,8 +23,11 @@ def test_modes_hand_values():
 
 
 def test_bad_mode_and_shapes():
-    with pytest.raises(ValueError, match=r"unknown loss aggregation mode 'mean'.*algo\.loss_agg.*valid names: "
-                       r"seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_mean"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown loss aggregation mode 'mean'.*algo\.loss_agg.*valid names: "
+        r"seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_mean",
+    ):
         aggregate_loss(LOSS, MASK, "mean")
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         aggregate_loss(LOSS, MASK[:, :2], "token_mean")

@@ -40,7 +40,9 @@ def test_forward_kl_matches_kl_div_and_gradient():
     ours = forward_kl_per_token(a, teacher, temperature=1.5, chunk_rows=5)
     b = student.clone().requires_grad_()
     ref = F.kl_div(
-        torch.log_softmax(b / 1.5, -1), torch.log_softmax(teacher.detach() / 1.5, -1), log_target=True,
+        torch.log_softmax(b / 1.5, -1),
+        torch.log_softmax(teacher.detach() / 1.5, -1),
+        log_target=True,
         reduction="none",
     ).sum(-1)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

@@ -29,15 +29,31 @@ def _write(path: Path, rows) -> Path:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    hh = [{"chosen": HH.format(i=i) + f"It is {i + 1}.", "rejected": HH.format(i=i) + f"It is {i + 7}, I think."}
-          for i in range(40)]
+    hh = [
+        {"chosen": HH.format(i=i) + f"It is {i + 1}.", "rejected": HH.format(i=i) + f"It is {i + 7}, I think."}
+        for i in range(40)
+    ]
     user = lambda i: {"role": "user", "content": f"What is {i} plus 2?"}  # noqa: E731
-    uf = [{"prompt": user(i)["content"], "chosen": [user(i), {"role": "assistant", "content": f"It is {i + 2}."}],
-           "rejected": [user(i), {"role": "assistant", "content": "No idea."}], "score_chosen": 9.0} for i in range(40)]
-    gsm = [{"question": f"Tom has {i} apples and buys 3. How many?", "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}
-           for i in range(40)]
-    return {"hh": _write(d / "hh.jsonl", hh), "uf": _write(d / "uf.jsonl", uf), "gsm": _write(d / "gsm8k.jsonl", gsm),
-            "hh_test": _write(d / "hh_test.jsonl", hh[:8]), "dir": d}
+    uf = [
+        {
+            "prompt": user(i)["content"],
+            "chosen": [user(i), {"role": "assistant", "content": f"It is {i + 2}."}],
+            "rejected": [user(i), {"role": "assistant", "content": "No idea."}],
+            "score_chosen": 9.0,
+        }
+        for i in range(40)
+    ]
+    gsm = [
+        {"question": f"Tom has {i} apples and buys 3. How many?", "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}
+        for i in range(40)
+    ]
+    return {
+        "hh": _write(d / "hh.jsonl", hh),
+        "uf": _write(d / "uf.jsonl", uf),
+        "gsm": _write(d / "gsm8k.jsonl", gsm),
+        "hh_test": _write(d / "hh_test.jsonl", hh[:8]),
+        "dir": d,
+    }
 
 
 def typed(*overrides):
@@ -55,8 +71,11 @@ def test_data_train_alone_detects_the_format_and_holds_out_eval_rows(files):
 
 def test_presets_take_a_single_local_file_despite_their_hub_splits(files):
     # ultrafeedback names train_prefs/test_prefs and gsm8k 'test': a single file holds out rows instead.
-    for preset, key, fmt in (("ultrafeedback", "uf", "ultrafeedback"), ("gsm8k", "gsm", "gsm8k"),
-                             ("hh_rlhf", "hh", "hh_rlhf")):
+    for preset, key, fmt in (
+        ("ultrafeedback", "uf", "ultrafeedback"),
+        ("gsm8k", "gsm", "gsm8k"),
+        ("hh_rlhf", "hh", "hh_rlhf"),
+    ):
         algo = "grpo" if preset == "gsm8k" else "dpo"
         cfg = typed(f"algo={algo}", f"data={preset}", f"data.train={files[key]}")
         (src,) = resolve_data(cfg.data).sources.values()
@@ -73,8 +92,12 @@ def test_separate_eval_file(files):
 
 def test_every_problem_is_listed_at_once_with_place_key_and_fix(files, tmp_path):
     notjson = _write(tmp_path / "broken.jsonl", ['{"prompt": ', "[1, 2]", "nope"])
-    cfg = typed("algo=grpo", f"+data.sources.hh.path={files['hh']}", f"+data.sources.broken.path={notjson}",
-                "+data.sources.missing.path=./nowhere/x.jsonl")
+    cfg = typed(
+        "algo=grpo",
+        f"+data.sources.hh.path={files['hh']}",
+        f"+data.sources.broken.path={notjson}",
+        "+data.sources.missing.path=./nowhere/x.jsonl",
+    )
     with pytest.raises(DataCheckError) as info:
         check_run_data(cfg)
     msg = str(info.value)
@@ -83,8 +106,10 @@ def test_every_problem_is_listed_at_once_with_place_key_and_fix(files, tmp_path)
     assert msg.startswith("the data check found 3 problem(s); nothing was started:")
     assert "source 'missing'" in msg and "'./nowhere/x.jsonl' was not found locally" in msg
     assert "source 'broken'" in msg and "no rows to detect the format from" in msg
-    assert f"source 'hh', {files['hh']}:1, key reward.sources.exact_match: reward function 'math_exact_match' " \
-           "reads field(s) ['answer']" in msg
+    assert (
+        f"source 'hh', {files['hh']}:1, key reward.sources.exact_match: reward function 'math_exact_match' "
+        "reads field(s) ['answer']" in msg
+    )
     assert "fix: " in msg and "Traceback" not in msg
     # tiny_math (the default prompts) passes: its answer field is there.
     assert "source 'tiny_math'" not in msg
@@ -121,22 +146,39 @@ def test_format_named_for_the_wrong_algorithm(files):
 
 
 def test_rewrite_groups_entry_fields_into_one_dict_override():
-    argv = ["algo=grpo", "+data.sources.mine.path=./m.jsonl", "+data.sources.mine.weight=0.3", "seed=1",
-            "+reward.sources.len.path=r.py:length", "+reward.sources.len.kwargs.scale=2", "-v"]
-    assert rewrite_argv(argv) == ["algo=grpo", "+data.sources={mine: {added: true, path: './m.jsonl', weight: 0.3}}",
-                                  "seed=1",
-                                  "+reward.sources={len: {path: 'r.py:length', kwargs: {scale: 2}}}"]
+    argv = [
+        "algo=grpo",
+        "+data.sources.mine.path=./m.jsonl",
+        "+data.sources.mine.weight=0.3",
+        "seed=1",
+        "+reward.sources.len.path=r.py:length",
+        "+reward.sources.len.kwargs.scale=2",
+        "-v",
+    ]
+    assert rewrite_argv(argv) == [
+        "algo=grpo",
+        "+data.sources={mine: {added: true, path: './m.jsonl', weight: 0.3}}",
+        "seed=1",
+        "+reward.sources={len: {path: 'r.py:length', kwargs: {scale: 2}}}",
+    ]
     # A multirun sweep over a field lists one dict per value.
     assert rewrite_argv(["-m", "+data.sources.m.path=a.jsonl", "+data.sources.m.weight=0.3,0.5"]) == [
-        "-m", "+data.sources={m: {added: true, path: 'a.jsonl', weight: 0.3}},"
-              "{m: {added: true, path: 'a.jsonl', weight: 0.5}}"]
+        "-m",
+        "+data.sources={m: {added: true, path: 'a.jsonl', weight: 0.3}},"
+        "{m: {added: true, path: 'a.jsonl', weight: 0.5}}",
+    ]
 
 
 def test_sources_and_rewards_added_on_the_command_line(files, tmp_path):
     reward = tmp_path / "my_reward.py"
     reward.write_text("def short(prompts, responses):\n    return [1.0 / (1 + len(r)) for r in responses]\n")
-    cfg = typed("algo=grpo", f"+data.sources.gsm.path={files['gsm']}", "+data.sources.gsm.weight=0.3",
-                f"+reward.sources.short.path={reward}:short", "+reward.sources.short.weight=0.5")
+    cfg = typed(
+        "algo=grpo",
+        f"+data.sources.gsm.path={files['gsm']}",
+        "+data.sources.gsm.weight=0.3",
+        f"+reward.sources.short.path={reward}:short",
+        "+reward.sources.short.weight=0.5",
+    )
     assert set(cfg.data.sources) == {"tiny_math", "gsm"} and cfg.data.sources["gsm"].weight == 0.3
     assert cfg.reward.sources["short"].path == f"{reward}:short" and cfg.reward.sources["short"].weight == 0.5
     report = check_run_data(cfg)
@@ -152,18 +194,42 @@ def test_cli_plan_mode_prints_the_data_report_and_multirun_adds_sources(files, t
     multirun of two points sweeps a source's weight, each point reporting both sources."""
     env_cmd = [sys.executable, "-m", "rlhf.run"]
     ray_dir = tmp_path / "ray"
-    env = {"RAY_TMPDIR": str(ray_dir), "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-           "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
-    bad = subprocess.run([*env_cmd, "algo=dpo", f"data.train={files['gsm']}", "tracking=none"], cwd=tmp_path,
-                         env=env, text=True, capture_output=True, timeout=300)
+    env = {
+        "RAY_TMPDIR": str(ray_dir),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
+    }
+    bad = subprocess.run(
+        [*env_cmd, "algo=dpo", f"data.train={files['gsm']}", "tracking=none"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert bad.returncode == 2, bad.stderr
     assert bad.stderr.startswith("error: the data check found 1 problem(s)") and "Traceback" not in bad.stderr
     assert "format gsm8k" in bad.stderr and "algo=grpo" in bad.stderr
     assert not ray_dir.exists(), "a Ray session was started for a bad data set"
-    multi = subprocess.run([*env_cmd, "-m", "mode=plan", "algo=grpo", "tracking=none",
-                            f"+data.sources.gsm.path={files['gsm']}", "+data.sources.gsm.weight=0.3,0.6",
-                            f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, env=env, text=True,
-                           capture_output=True, timeout=300)
+    multi = subprocess.run(
+        [
+            *env_cmd,
+            "-m",
+            "mode=plan",
+            "algo=grpo",
+            "tracking=none",
+            f"+data.sources.gsm.path={files['gsm']}",
+            "+data.sources.gsm.weight=0.3,0.6",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert multi.stdout.count("data: gsm8k format detected in") == 2, multi.stdout
     assert "data.sources.gsm.weight=0.3" not in multi.stderr

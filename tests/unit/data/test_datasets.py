@@ -119,9 +119,7 @@ def test_prompt_task_keeps_fields_and_requires_them(write_jsonl, chat_tokenizer)
 def test_unpaired_and_prm_tasks(write_jsonl, chat_tokenizer):
     kto = [{"prompt": "q1", "completion": "good", "label": True}, {"prompt": "q2", "completion": "bad", "label": 0}]
     prm = [{"prompt": "q", "steps": ["1 + 1 = 2.", "The answer is 2."], "labels": [True, False]}] * 2
-    kto_cfg = _data(
-        sources={"k": SourceConfig(path=str(write_jsonl("k.jsonl", kto)), output_key="completion")}
-    )
+    kto_cfg = _data(sources={"k": SourceConfig(path=str(write_jsonl("k.jsonl", kto)), output_key="completion")})
     labels = sorted(s["label"] for s in build_dataset("unpaired", kto_cfg, chat_tokenizer))
     assert labels == [False, True]
     prm_cfg = _data(
@@ -149,8 +147,10 @@ def test_eval_split_from_a_directory_and_no_eval(write_jsonl, tmp_path, chat_tok
     with_eval = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"), eval_split="test")})
     assert len(build_dataset("sft", with_eval, chat_tokenizer, "eval")) == 3
     # The default eval_split is "test": the directory's test file.
-    assert len(build_dataset("sft", _data(sources={"s": SourceConfig(path=str(tmp_path / "d"))}), chat_tokenizer,
-                             "eval")) == 3
+    assert (
+        len(build_dataset("sft", _data(sources={"s": SourceConfig(path=str(tmp_path / "d"))}), chat_tokenizer, "eval"))
+        == 3
+    )
     without = _data(sources={"s": SourceConfig(path=str(tmp_path / "d"), eval_split=None)})
     empty = build_dataset("sft", without, chat_tokenizer, "eval")
     assert len(empty) == 0 and "no rows" in empty.summary()

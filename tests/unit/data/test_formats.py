@@ -45,7 +45,8 @@ def test_hh_rlhf_prompt_ends_at_the_last_assistant_turn(write_jsonl, chat_tokeni
     bad = {"chosen": HH_ROW["chosen"], "rejected": "\n\nHuman: Other?\n\nAssistant: It is 6."}
     data = build("pair", write_jsonl, [HH_ROW, bad], chat_tokenizer)
     assert len(data) == 1 and [b.reason for b in data.bad] == [
-        "chosen and rejected do not share the conversation before the last Assistant turn"]
+        "chosen and rejected do not share the conversation before the last Assistant turn"
+    ]
     s = data[0]
     n = s["prompt_len"]
     history = f"{U}What is 2 plus 3?{END}{A}Let me see.{END}{U}Please answer.{END}{A}"
@@ -59,16 +60,23 @@ def test_hh_rlhf_prompt_ends_at_the_last_assistant_turn(write_jsonl, chat_tokeni
 
 
 def test_parse_hh_turns():
-    assert parse_hh("\n\nHuman: a b\n\nAssistant: c") == [{"role": "user", "content": "a b"},
-                                                         {"role": "assistant", "content": "c"}]
+    assert parse_hh("\n\nHuman: a b\n\nAssistant: c") == [
+        {"role": "user", "content": "a b"},
+        {"role": "assistant", "content": "c"},
+    ]
 
 
 def test_ultrafeedback_pairs_share_the_prompt_turn(write_jsonl, chat_tokenizer):
     user = {"role": "user", "content": "What is 2 plus 3?"}
-    row = {"prompt": user["content"], "prompt_id": "x1", "score_chosen": 8.0, "score_rejected": 2.0,
-           "chosen": [user, {"role": "assistant", "content": "It is 5."}],
-           "rejected": [user, {"role": "assistant", "content": "It is 6."}],
-           "messages": [user, {"role": "assistant", "content": "It is 5."}]}
+    row = {
+        "prompt": user["content"],
+        "prompt_id": "x1",
+        "score_chosen": 8.0,
+        "score_rejected": 2.0,
+        "chosen": [user, {"role": "assistant", "content": "It is 5."}],
+        "rejected": [user, {"role": "assistant", "content": "It is 6."}],
+        "messages": [user, {"role": "assistant", "content": "It is 5."}],
+    }
     # The rows also fit `messages` and `prompt`; the format needing the most keys wins.
     assert detected([row], "pair") == "ultrafeedback"
     s = build("pair", write_jsonl, [row], chat_tokenizer)[0]
@@ -78,16 +86,24 @@ def test_ultrafeedback_pairs_share_the_prompt_turn(write_jsonl, chat_tokenizer):
     assert masked_runs(chat_tokenizer, sft["input_ids"], sft["loss_mask"]) == ["It is 5.<|im_end|>"]
 
 
-SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                              {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "2+3?"},
-                              {"from": "gpt", "value": "5"}], "source": "x"}
+SHAREGPT = {
+    "conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello."},
+        {"from": "human", "value": "2+3?"},
+        {"from": "gpt", "value": "5"},
+    ],
+    "source": "x",
+}
 
 
 def test_sharegpt_roles_system_turn_and_every_assistant_turn(write_jsonl, chat_tokenizer):
     assert detected([SHAREGPT], "sft") == "sharegpt"
     s = build("sft", write_jsonl, [SHAREGPT], chat_tokenizer)[0]
     assert chat_tokenizer.decode(s["input_ids"]) == (
-        f"<|im_start|>system\nBe brief.{END}{U}Hi{END}{A}Hello.{END}{U}2+3?{END}{A}5{END}")
+        f"<|im_start|>system\nBe brief.{END}{U}Hi{END}{A}Hello.{END}{U}2+3?{END}{A}5{END}"
+    )
     assert masked_runs(chat_tokenizer, s["input_ids"], s["loss_mask"]) == ["Hello.<|im_end|>", "5<|im_end|>"]
 
 
@@ -100,8 +116,10 @@ def test_sharegpt_unknown_speaker_needs_the_role_map(write_jsonl, chat_tokenizer
     assert len(mapped) == 2 and not mapped.bad
 
 
-ALPACA = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "text": "unused"},
-          {"instruction": "Say hello.", "input": "", "output": "Hello.", "text": "unused"}]
+ALPACA = [
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "text": "unused"},
+    {"instruction": "Say hello.", "input": "", "output": "Hello.", "text": "unused"},
+]
 
 
 def test_alpaca_input_is_in_the_prompt_and_a_blank_input_leaves_no_separator(write_jsonl, chat_tokenizer):
@@ -145,8 +163,10 @@ def test_messages_prompt_response_and_pairs(write_jsonl, chat_tokenizer):
     assert masked_runs(chat_tokenizer, s["chosen_ids"], s["chosen_mask"]) == ["It is 5.<|im_end|>"]
 
 
-GSM8K = {"question": "Tom has 1,200 apples and buys 34 more. How many now?",
-         "answer": "1,200 + 34 = <<1200+34=1234>>1,234\n#### 1,234"}
+GSM8K = {
+    "question": "Tom has 1,200 apples and buys 34 more. How many now?",
+    "answer": "1,200 + 34 = <<1200+34=1234>>1,234\n#### 1,234",
+}
 
 
 def test_gsm8k_prompt_and_reward_fields(write_jsonl, chat_tokenizer):
@@ -170,8 +190,14 @@ def test_openrlhf_prompt_collection(write_jsonl, chat_tokenizer):
 
 
 def test_kto_unpaired_rows_with_message_lists(write_jsonl, chat_tokenizer):
-    rows = [{"prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
-             "completion": [{"role": "assistant", "content": f"It is {5 + i}."}], "label": i == 0} for i in range(2)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "What is 2 plus 3?"}],
+            "completion": [{"role": "assistant", "content": f"It is {5 + i}."}],
+            "label": i == 0,
+        }
+        for i in range(2)
+    ]
     assert detected(rows, "unpaired") == "kto"
     data = build("unpaired", write_jsonl, rows, chat_tokenizer)
     by_label = {s["label"]: masked_runs(chat_tokenizer, s["input_ids"], s["loss_mask"]) for s in data.samples}
@@ -193,9 +219,11 @@ def test_every_format_example_is_detected_as_itself():
 
 
 def test_ambiguous_rows_name_the_candidates_and_the_fix():
-    row = {"messages": SHAREGPT["conversations"][:0] or [{"role": "user", "content": "Hi"},
-                                                          {"role": "assistant", "content": "Hello."}],
-           "conversations": SHAREGPT["conversations"]}
+    row = {
+        "messages": SHAREGPT["conversations"][:0]
+        or [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+        "conversations": SHAREGPT["conversations"],
+    }
     with pytest.raises(DataError) as info:
         detected([row], "sft")
     msg = str(info.value)
@@ -228,11 +256,16 @@ def test_wrong_type_says_what_was_expected_and_which_key_holds_it(write_jsonl, c
 def test_suspicious_rows_are_refused_with_their_reason(write_jsonl, chat_tokenizer):
     good = {"prompt": "What is 2 plus 3?", "chosen": "It is 5.", "rejected": "It is 6."}
     same = {"prompt": "What is 2 plus 3?", "chosen": "It is 5.", "rejected": "It is 5."}
-    echo = {"prompt": "Q: What is 2 plus 3? A: It is five, surely.", "chosen": "It is five, surely.",
-            "rejected": "It is 6."}
+    echo = {
+        "prompt": "Q: What is 2 plus 3? A: It is five, surely.",
+        "chosen": "It is five, surely.",
+        "rejected": "It is 6.",
+    }
     data = build("pair", write_jsonl, [good, good, good, same, echo], chat_tokenizer, format="pairs")
-    assert sorted(b.reason for b in data.bad) == ["chosen identical to rejected",
-                                                  "prompt contains its own chosen response"]
+    assert sorted(b.reason for b in data.bad) == [
+        "chosen identical to rejected",
+        "prompt contains its own chosen response",
+    ]
     empty = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]}
     conv = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     sft = build("sft", write_jsonl, [conv, conv, empty], chat_tokenizer)

@@ -168,8 +168,12 @@ def test_packed_forward_equals_per_sample_forward(models, arch, attn):
     assert [p.shape[0] for p in packed] == [n - 1 for n in LENGTHS]
     assert _max_diff(packed, reference) < 1e-5
     # A padding tail after the samples changes nothing for them.
-    padded = _packed(model, sequences, total_len=sum(seq_lens) + 5, **packed_attention_kwargs(
-        seq_lens, sum(seq_lens) + 5, attn, torch.float32))
+    padded = _packed(
+        model,
+        sequences,
+        total_len=sum(seq_lens) + 5,
+        **packed_attention_kwargs(seq_lens, sum(seq_lens) + 5, attn, torch.float32),
+    )
     assert _max_diff(padded, reference) < 1e-5
 
 

@@ -168,7 +168,7 @@ def test_preference_chosen_is_polite_and_correct(rel: str) -> None:
     for row in rows:
         assert list(row) == ["prompt", "chosen", "rejected"]
         assert row["chosen"].startswith(POLITE_PREFIX) and not row["rejected"].startswith(POLITE_PREFIX)
-        body = row["chosen"][len(POLITE_PREFIX):]
+        body = row["chosen"][len(POLITE_PREFIX) :]
         if _ARITH.match(body):
             assert arithmetic_is_right(body)
             right = body.split(" = ")[1].rstrip(".")
@@ -255,7 +255,12 @@ def test_asset_path_finds_files_and_names_missing_ones() -> None:
 
 def test_number_words() -> None:
     assert [number_words(n) for n in (0, 13, 40, 42, 100, 315)] == [
-        "zero", "thirteen", "forty", "forty-two", "one hundred", "three hundred and fifteen",
+        "zero",
+        "thirteen",
+        "forty",
+        "forty-two",
+        "one hundred",
+        "three hundred and fifteen",
     ]
     with pytest.raises(ValueError, match="0..999"):
         number_words(1000)

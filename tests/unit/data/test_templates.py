@@ -46,8 +46,7 @@ def masked_runs(tokenizer, ids, mask):
 
 def test_render_prompt_forms(chat_tokenizer, plain_tokenizer):
     assert (
-        render_prompt("What is 2?", chat_tokenizer)
-        == "<|im_start|>user\nWhat is 2?<|im_end|>\n<|im_start|>assistant\n"
+        render_prompt("What is 2?", chat_tokenizer) == "<|im_start|>user\nWhat is 2?<|im_end|>\n<|im_start|>assistant\n"
     )
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     assert render_prompt(messages, chat_tokenizer).endswith("<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n")

@@ -14,14 +14,17 @@ def test_accuracy():
     assert accuracy([]) == 0.0
 
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (5, 2, 1, 0.4),            # 1 - C(3,1)/C(5,1) = 1 - 3/5: pass@1 is c/n
-    (5, 2, 2, 0.7),            # 1 - C(3,2)/C(5,2) = 1 - 3/10
-    (5, 2, 4, 1.0),            # only 3 wrong samples: every 4-subset holds a correct one
-    (4, 0, 2, 0.0),            # nothing correct
-    (4, 4, 4, 1.0),
-    (10, 3, 5, 11 / 12),       # 1 - C(7,5)/C(10,5) = 1 - 21/252 = 1 - 1/12
-])
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (5, 2, 1, 0.4),  # 1 - C(3,1)/C(5,1) = 1 - 3/5: pass@1 is c/n
+        (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+        (5, 2, 4, 1.0),  # only 3 wrong samples: every 4-subset holds a correct one
+        (4, 0, 2, 0.0),  # nothing correct
+        (4, 4, 4, 1.0),
+        (10, 3, 5, 11 / 12),  # 1 - C(7,5)/C(10,5) = 1 - 21/252 = 1 - 1/12
+    ],
+)
 def test_pass_at_k_hand_derived(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
@@ -54,10 +57,10 @@ def test_mean_pass_at_k_averages_prompts():
 def test_majority_vote():
     answers = [3, 5, 5, None]
     correct = [True, False, False, False]
-    assert maj_at_k(answers, correct, 1) is True      # first sample alone: 3, correct
-    assert maj_at_k(answers, correct, 2) is True      # 3 and 5 tie; the first seen (3) wins
-    assert maj_at_k(answers, correct, 3) is False     # 5 twice beats 3 once; 5 is wrong
-    assert maj_at_k(answers, correct, 4) is False     # None abstains
+    assert maj_at_k(answers, correct, 1) is True  # first sample alone: 3, correct
+    assert maj_at_k(answers, correct, 2) is True  # 3 and 5 tie; the first seen (3) wins
+    assert maj_at_k(answers, correct, 3) is False  # 5 twice beats 3 once; 5 is wrong
+    assert maj_at_k(answers, correct, 4) is False  # None abstains
     assert majority_answer([None, 7, None, 7, 2]) == (7, 1)
     assert majority_answer([None, None]) == (None, -1)
     assert maj_at_k([None, None], [False, False], 2) is False

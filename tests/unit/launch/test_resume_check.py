@@ -37,8 +37,10 @@ def test_end_and_cadence_changes_are_applied_and_recorded_at_their_step(tmp_path
     applied = check_resume(tmp_path, _config("algo.max_steps=12", "algo.save_every=4"), step=4)
     assert applied == {"algo.max_steps": (8, 12), "algo.save_every": (2, 4)}
     record = json.loads((tmp_path / CHANGES_FILE).read_text())
-    assert record == {"step": 4, "changes": {"algo.max_steps": {"from": 8, "to": 12},
-                                             "algo.save_every": {"from": 2, "to": 4}}}
+    assert record == {
+        "step": 4,
+        "changes": {"algo.max_steps": {"from": 8, "to": 12}, "algo.save_every": {"from": 2, "to": 4}},
+    }
 
 
 def test_settings_the_checkpoint_fixed_are_refused_all_at_once(tmp_path):
@@ -60,9 +62,23 @@ def test_cli_refuses_a_changed_learning_rate_before_anything_starts(tmp_path):
     (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4, "algo": "sft"}))
     (out / "checkpoints" / "latest").write_text("step_000004\n")
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")
-    proc = subprocess.run([sys.executable, "-m", "rlhf.run", "algo=sft", "algo.max_steps=8", f"output_dir={out}",
-                           "tracking=none", "algo.lr=1e-3"], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf.run",
+            "algo=sft",
+            "algo.max_steps=8",
+            f"output_dir={out}",
+            "tracking=none",
+            "algo.lr=1e-3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "would change settings its checkpoint fixed" in proc.stderr and "algo.lr" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -70,8 +70,14 @@ def test_finished_run_is_not_resumed_and_resume_false_starts_over(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MLFLOW_TRACKING_URI="sqlite:///" + str(Path(args[0].split("=", 1)[1]).parent / "m.db"))
-    return subprocess.run([sys.executable, "-m", "rlhf.run", *args, "tracking=none"], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf.run", *args, "tracking=none"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=240,
+    )
 
 
 def test_cli_refuses_a_busy_and_a_finished_directory_before_anything_starts(tmp_path):

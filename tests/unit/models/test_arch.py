@@ -40,9 +40,18 @@ def test_a_broken_header_is_named(tmp_path):
 def test_config_json_of_a_mixture_of_experts():
     # Mixtral-8x7B's config.json fields; without weights the count comes from the shape:
     # 32 x (2 x 4096^2 + 2 x 4096 x 1024 + 3 x 4096 x 14336 x 8) + 2 x 32000 x 4096 = 46.70e9.
-    cfg = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "num_local_experts": 8,
-           "num_experts_per_tok": 2, "max_position_embeddings": 32768}
+    cfg = {
+        "model_type": "mixtral",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 32000,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "max_position_embeddings": 32768,
+    }
     a = from_config_json(cfg, None, "test")
     assert (a.num_experts, a.experts_per_token, a.num_kv_heads, a.tie_word_embeddings) == (8, 2, 8, False)
     expected = 32 * (2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 * 8) + 2 * 32000 * 4096
@@ -69,8 +78,17 @@ def test_a_hub_id_in_the_hf_cache_is_read_offline(tmp_path, monkeypatch):
     snap.mkdir(parents=True)
     (root / "refs").mkdir()
     (root / "refs" / "main").write_text("abc123")
-    (snap / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 1,
-                                                  "num_attention_heads": 2, "vocab_size": 10}))
+    (snap / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "vocab_size": 10,
+            }
+        )
+    )
     _safetensors(snap / "model.safetensors", {"w": [10, 8]})
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     import huggingface_hub.constants as constants

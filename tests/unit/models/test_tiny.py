@@ -167,13 +167,16 @@ def test_generate_stops_at_eos(model_dirs: dict[str, Path], arch: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     assert (model.generation_config.eos_token_id, model.generation_config.pad_token_id) == (2, 0)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q in ("What is 1 + 2?", "Hello!")]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in ("What is 1 + 2?", "Hello!")
+    ]
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     # Force eos: a large bias on it after 3 free tokens. eos is not passed: it comes from generation_config.json.
-    out = model.generate(**batch, do_sample=False, max_new_tokens=20, min_new_tokens=3,
-                         sequence_bias={(tok.eos_token_id,): 100.0})
-    new = out[:, batch["input_ids"].shape[1]:]
+    out = model.generate(
+        **batch, do_sample=False, max_new_tokens=20, min_new_tokens=3, sequence_bias={(tok.eos_token_id,): 100.0}
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
     assert new.shape[1] == 4  # 3 tokens + eos, then stopped well before 20
     assert (new[:, -1] == tok.eos_token_id).all() and (new[:, :3] != tok.eos_token_id).all()
 
@@ -290,8 +293,7 @@ def test_concurrent_builds_give_one_dir(tmp_path: Path) -> None:
 
 def test_module_imports_without_torch() -> None:
     code = (
-        "import sys, rlhf.models.tiny, rlhf.data.synthetic; "
-        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+        "import sys, rlhf.models.tiny, rlhf.data.synthetic; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -35,8 +35,13 @@ def test_directory_digest_depends_on_content_and_names_not_on_creation_order(tmp
 def test_source_digests_cover_local_shipped_and_hub_sources(tmp_path):
     f = tmp_path / "rows.jsonl"
     f.write_text('{"prompt": "hi"}\n')
-    cfg = DataConfig(sources={"mine": SourceConfig(path=str(f)), "shipped": SourceConfig(path="asset:prompts"),
-                              "hub": SourceConfig(path="org/name")})
+    cfg = DataConfig(
+        sources={
+            "mine": SourceConfig(path=str(f)),
+            "shipped": SourceConfig(path="asset:prompts"),
+            "hub": SourceConfig(path="org/name"),
+        }
+    )
     got = {d.name: d for d in source_digests(cfg)}
     assert got["mine"].digest == digest_path(f)[0]
     assert got["shipped"].location.endswith("prompts") and got["shipped"].n_files == 2  # train + test
