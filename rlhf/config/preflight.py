@@ -488,9 +488,10 @@ def _typed_entry_advice(parent: str, schema: str, entries: list[str]) -> str:
     example = f"{parent}.{entries[0]}.<field>=..." if entries else f"{group}=<option>"
     like = f", like {_EXAMPLES[group]}" if group in _EXAMPLES else ""
     return (
-        f"entries of '{parent}' are {schema} records, which Hydra cannot create from the command line: add the "
-        f"entry in an option file (conf/{group}/<option>.yaml{like}) and pick it with {group}=<option>, or change "
-        f"an existing entry ({example})"
+        f"entries of '{parent}' are {schema} records: `python -m rlhf.run` adds one from the command line with a "
+        f"'+' on each of its fields (+{parent}.<name>.path=... +{parent}.<name>.weight=...); or add the entry in "
+        f"an option file (conf/{group}/<option>.yaml{like}) and pick it with {group}=<option>, or change an "
+        f"existing entry ({example})"
     )
 
 
