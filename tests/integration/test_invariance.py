@@ -103,7 +103,7 @@ def test_two_data_parallel_ranks_give_the_single_rank_gradient(single_rank, algo
     assert result.first["train/loss"] == pytest.approx(stats["train/loss"], rel=1e-5)
     assert result.first["train/grad_norm"] == pytest.approx(stats["train/grad_norm"], rel=1e-5)
     # After step 1 Adam's first moment is (1 - beta1) * g: the checkpoint holds the reduced gradient.
-    moments = _exp_avg(tmp_path / "checkpoints" / "step_000001")
+    moments = _exp_avg(tmp_path / "checkpoints" / "step_000001" / "policy")  # the trained role's shards
     assert len(moments) == len(grad)
     for m, g in zip(moments, grad):
         assert m.numel() >= g.numel()  # ZeRO pads each group to split evenly over the ranks
