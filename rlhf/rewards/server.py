@@ -113,6 +113,7 @@ def make_handler(reward: RewardFunction) -> type[BaseHTTPRequestHandler]:
                 return
             except Exception as exc:  # the reward function's own failure: report it, keep serving
                 log.error("reward function %s failed:\n%s", reward.name, traceback.format_exc())
+                exc = exc.__cause__ or exc  # the function's own error, not the wrapper naming it
                 self._error(
                     HTTPStatus.INTERNAL_SERVER_ERROR,
                     f"reward function '{reward.name}' failed: {type(exc).__name__}: {exc}",
