@@ -43,6 +43,16 @@ def _check(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str = "log
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)} like {like_name}")
 
 
+def _check_surrogate(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> None:
+    """Shapes and clip ranges shared by the PPO and GSPO surrogates."""
+    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
+        _check(name, t, logp)
+    if not 0.0 <= clip_low < 1.0:
+        raise ValueError(f"clip_low must be in [0, 1) (algo.clip_low), got {clip_low}")
+    if not clip_high >= 0.0:
+        raise ValueError(f"clip_high must be >= 0 (algo.clip_high), got {clip_high}")
+
+
 def _masked_extreme(x: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
     fill = float("-inf") if largest else float("inf")
     filled = torch.where(mask.bool(), x, torch.full_like(x, fill))
@@ -81,12 +91,7 @@ def ppo_policy_loss(
         (loss 0-dim, stats): clip_frac (tokens where the clipped branch is taken), dual_clip_frac, approx_kl
         (k3 estimate of KL(pi_old || pi)), ratio_mean, ratio_min, ratio_max.
     """
-    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
-        _check(name, t, logp)
-    if not 0.0 <= clip_low < 1.0:
-        raise ValueError(f"clip_low must be in [0, 1) (algo.clip_low), got {clip_low}")
-    if not clip_high >= 0.0:
-        raise ValueError(f"clip_high must be >= 0 (algo.clip_high), got {clip_high}")
+    _check_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high)
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip must be > 1 (algo.dual_clip), or None to disable it; got {dual_clip}")
 
@@ -137,12 +142,7 @@ def gspo_policy_loss(
         (loss 0-dim, stats): clip_frac (share of tokens in clipped sequences), approx_kl, ratio_mean/min/max
         (of the sequence ratios s_i), seq_clip_frac (share of sequences clipped).
     """
-    for name, t in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
-        _check(name, t, logp)
-    if not 0.0 <= clip_low < 1.0:
-        raise ValueError(f"clip_low must be in [0, 1) (algo.clip_low), got {clip_low}")
-    if not clip_high >= 0.0:
-        raise ValueError(f"clip_high must be >= 0 (algo.clip_high), got {clip_high}")
+    _check_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high)
     if dual_clip is not None:
         raise ValueError("algo.dual_clip is a token-level PPO option; GSPO clips whole sequences: set it to null")
 

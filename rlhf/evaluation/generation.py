@@ -157,6 +157,7 @@ class VLLMGenerate:
 def build_generate(cfg, tokenizer, backend: str, batch_size: int = 64):
     """The GenerateFn for `cfg.model` on the machine of `cfg.hw` (a run config composed from conf/)."""
     from rlhf.models.loading import resolve_path
+    from rlhf.rollout.vllm import VLLM_DTYPES
 
     device = "cuda" if cfg.hw.gpus_per_node * cfg.hw.nodes > 0 else "cpu"
     dtype = cfg.engine.dtype if cfg.engine.dtype != "auto" else ("bf16" if device == "cuda" and cfg.hw.bf16 else "fp32")
@@ -166,7 +167,7 @@ def build_generate(cfg, tokenizer, backend: str, batch_size: int = 64):
         return VLLMGenerate(
             resolve_path(cfg.model.name_or_path),
             tokenizer,
-            dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype],
+            dtype=VLLM_DTYPES[dtype],
             max_model_len=cfg.data.prompt_max_len + max(ro.max_new_tokens, 1) * 4,
             # No training plan here: the rollout settings the user left unset get one engine
             # on one GPU, and most of its memory (nothing trains beside it).
