@@ -9,8 +9,8 @@ rule, so their sums are step means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -25,6 +25,8 @@ class StepCounts:
 
     tokens: float
     samples: float
+    # KTO's reference point z0, estimated once for the step by `kto_prepass` (None: from this batch alone).
+    kl_ref: Optional[float] = None
 
 
 def _forward_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
@@ -132,12 +134,97 @@ def dpo_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
     return loss, metrics
 
 
+def kto_mismatched_samples(samples: Sequence[dict]) -> list[dict]:
+    """Each sample's prompt followed by the completion of the NEXT sample (cyclically), loss on that completion.
+
+    These are the y' of KTO's reference point z0 = KL(pi || ref) ~ mean log pi(y'|x) - log ref(y'|x)
+    (Ethayarajh et al. 2024, sec. 4; TRL and OpenRLHF shift completions within the batch the same way): the
+    matched completions were trained towards, so their log-ratio is no estimate of the KL. The pairing follows
+    the order given (the step's global order), so it does not depend on how the step is cut into micro-batches
+    or ranks. With one sample, it is its own mismatch."""
+    parts = [_prompt_and_completion(s) for s in samples]
+    out = []
+    for i, (prompt, _) in enumerate(parts):
+        completion = parts[(i + 1) % len(parts)][1]
+        out.append(
+            {"input_ids": prompt + completion, "loss_mask": [0] * len(prompt) + [1] * len(completion), "label": True}
+        )
+    return out
+
+
+def _prompt_and_completion(sample: dict) -> tuple[list[int], list[int]]:
+    ids, mask = list(sample["input_ids"]), list(sample["loss_mask"])
+    start = next((i for i, m in enumerate(mask) if m), len(ids))
+    return ids[:start], ids[start:]
+
+
+def _reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over data-parallel ranks when a process group is up (the training role), else the tensor itself."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def kto_reference_point(model, ref_model, kl_batches: Sequence[dict]) -> float:
+    """z0 = max(0, mean over every rank's mismatched samples of log pi(y'|x) - log ref(y'|x)), a constant.
+
+    `kl_batches` are this rank's collated mismatched samples (`kto_mismatched_samples`); every rank calls this
+    with the same number of batches (a forward under ZeRO-3 is a collective)."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for b in kl_batches:
+        pol, _, _ = _sequence_logps(model, b)
+        ref, _, _ = _sequence_logps(ref_model, b)
+        total += torch.stack([(pol - ref).sum().double().cpu(), torch.tensor(float(len(pol)), dtype=torch.float64)])
+    device = getattr(model, "device", None)
+    summed = _reduce_sum(total.to(device) if device is not None else total).cpu()
+    return max(float(summed[0] / summed[1].clamp(min=1)), 0.0)
+
+
+def kto_prepass(
+    model,
+    step_samples: Sequence[dict],
+    positions: Sequence[int],
+    counts: StepCounts,
+    *,
+    ref_model,
+    collate: Callable[[list[dict]], dict],
+    micro_batch: int,
+    algo: Any = None,
+) -> StepCounts:
+    """The step's counts with KTO's reference point: one no-grad pass over this rank's mismatched samples.
+
+    Args:
+        step_samples: every sample of the optimizer step in its global order (all ranks).
+        positions: the indices into `step_samples` this rank trains on.
+        collate: samples -> a batch on the model's device (an SFT-style batch: input_ids, loss_mask, ...).
+        micro_batch: samples per forward pass.
+    """
+    mismatched = kto_mismatched_samples(step_samples)
+    mine = [mismatched[p] for p in positions]
+    batches = [collate(mine[i : i + micro_batch]) for i in range(0, len(mine), micro_batch)]
+    return replace(counts, kl_ref=kto_reference_point(model, ref_model, batches))
+
+
 def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1):
-    """KTO with the reference point estimated from the batch's own policy/reference log-ratio (detached)."""
+    """KTO with the step-wide reference point z0 of `kto_prepass` (detached, averaged over ranks, clamped at 0).
+
+    Without a pre-pass (counts.kl_ref None) z0 comes from this batch's own mismatched pairs (the batch needs
+    "kl_batch", a collated `kto_mismatched_samples` of its rows)."""
     total, _, _ = _sequence_logps(model, batch)
     with torch.no_grad():
         ref_total, _, _ = _sequence_logps(ref_model, batch)
-        kl_ref = (total - ref_total).mean().clamp(min=0)
+    if counts.kl_ref is not None:
+        kl_ref = float(counts.kl_ref)
+    elif "kl_batch" in batch:
+        kl_ref = kto_reference_point(model, ref_model, [batch["kl_batch"]])
+    else:
+        raise ValueError(
+            "kto_objective needs the step's reference point: run kto_prepass (rlhf/training/objectives.py "
+            "PREPASSES) before the step's micro-batches, or give the batch a 'kl_batch' of mismatched samples"
+        )
     desirable = batch["labels"].bool()
     out = kto_loss(
         total,
@@ -150,9 +237,10 @@ def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
     )
     per_sample, rewards = out[0], out[1]
     loss = per_sample.sum() / counts.samples
+    share = len(total) / counts.samples  # shares of the step's samples sum to 1 over micro-batches and ranks
     metrics = {
         "train/loss": loss.detach(),
-        "train/kl_ref": kl_ref.detach() / micro_batches,
+        "train/kl_ref": torch.tensor(kl_ref * share),
         "train/desirable_reward": (rewards * desirable).sum().detach() / counts.samples,
         "train/undesirable_reward": (rewards * ~desirable).sum().detach() / counts.samples,
     }
@@ -164,4 +252,10 @@ OBJECTIVES: dict[str, Callable] = {
     "reward_model": reward_model_objective,
     "dpo": dpo_objective,
     "kto": kto_objective,
+}
+
+# Objectives that need a step-wide value before the step's micro-batches: objective -> pre-pass returning the
+# step's StepCounts with that value (the training worker calls it once per step and once per evaluation).
+PREPASSES: dict[str, Callable[..., StepCounts]] = {
+    "kto": kto_prepass,
 }

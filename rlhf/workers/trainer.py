@@ -154,6 +154,30 @@ class TrainerWorker(StepState, RankWorker):
 
         return StepCounts(tokens=float(sum(loss_tokens(ds[i]) for i in idx)), samples=float(len(idx)))
 
+    def _prepass(self, ds, order: list[int], positions, counts):
+        """The objective's step-wide values (objectives.PREPASSES, e.g. KTO's reference point) in `counts`."""
+        from rlhf.training.batches import collate_for_task
+        from rlhf.training.objectives import PREPASSES
+
+        fn = PREPASSES.get(self.algo_spec.objective)
+        if fn is None:
+            return counts
+
+        def collate(samples: list[dict]) -> dict:
+            kw = dict(packing=self.spec.data.packing, attn_impl=self._attn_impl(), dtype=self._dtype())
+            return self._to_device(collate_for_task("sft", samples, self.tokenizer, **kw))
+
+        return fn(
+            self.engine,
+            [ds[i] for i in order],
+            list(positions),
+            counts,
+            ref_model=self.ref,
+            collate=collate,
+            micro_batch=self.role_plan.micro_batch_per_gpu,
+            algo=self.spec.algo,
+        )
+
     def _to_device(self, batch: dict) -> dict:
         dev = self.engine.device
         return {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in batch.items()}
@@ -164,6 +188,8 @@ class TrainerWorker(StepState, RankWorker):
         self.engine.train()
         micro, chunk = self._step_indices(step)
         counts = self._counts(self.train_ds, chunk)
+        per_rank = self.role_plan.micro_batch_per_gpu * self.role_plan.grad_accum
+        counts = self._prepass(self.train_ds, chunk, range(self.rank * per_rank, (self.rank + 1) * per_rank), counts)
         scale = self.engine.loss_scale
         sums: dict[str, float] = defaultdict(float)
         info: dict[str, float] = {}
@@ -197,6 +223,7 @@ class TrainerWorker(StepState, RankWorker):
         m = self.role_plan.micro_batch_per_gpu
         sums: dict[str, float] = defaultdict(float)
         with torch.no_grad():
+            counts = self._prepass(self.eval_ds, idx, mine, counts)
             for i in range(0, len(mine), m):
                 batch = self._to_device(self._collate(self.eval_ds, mine[i : i + m]))
                 _, metrics = self.objective(
