@@ -55,6 +55,9 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     # Show third-party warnings and progress bars (also `-v` on the command line).
     verbose: bool = False
+    # Seconds a role's rank may go without a heartbeat (each beats every second, also in a long generate or
+    # model load) before the run stops with an error naming it: a process stopped, swapping or wedged.
+    stall_timeout_s: float = 300.0
 
 
 # group -> {schema name: dataclass}; the names are what option files put in their defaults list.

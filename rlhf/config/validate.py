@@ -55,6 +55,12 @@ def run_control_problems(cfg) -> list[str]:
         problems.append(f"algo.eval_every={a.eval_every} must be >= 0 (0: evaluate at the start and end only)")
     if a.keep_checkpoints < 1:
         problems.append(f"algo.keep_checkpoints={a.keep_checkpoints} must be >= 1")
+    stall = getattr(cfg, "stall_timeout_s", 300.0)
+    if not stall or stall < 5:
+        problems.append(
+            f"stall_timeout_s={stall} must be >= 5 seconds (ranks beat every second; default 300): set "
+            "stall_timeout_s=300, or more if a call can block a rank's Python for minutes"
+        )
     problems += eval_problems(cfg.eval)
     problems += generate_problems(cfg.generate)
     return problems

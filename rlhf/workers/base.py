@@ -1,16 +1,79 @@
-"""What every Ray worker of a role shares: its rank, the rendezvous, seeding, logging."""
+"""What every Ray worker of a role shares: its rank, the rendezvous, seeding, logging, a heartbeat."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import socket
+import sys
+import threading
+import time
+
+# Heartbeats go to Ray's key-value store (the GCS), one key per actor: the driver reads them while it waits on
+# a call (rlhf/workers/group.py), so a stopped or wedged process is told apart from a long but alive one.
+HEARTBEAT_NAMESPACE = "rlhf_heartbeat"
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+def heartbeat_key(actor_id: str) -> str:
+    return f"actor/{actor_id}"
+
+
+def _main_frame() -> str:
+    """Where the main thread (the one running the actor's calls) is: the innermost frame, file:line in fn."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return "?"
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+
+
+def start_heartbeat(interval_s: float = HEARTBEAT_INTERVAL_S) -> bool:
+    """Beat from a daemon thread of this actor: a counter, the pid, the host and where the main thread is.
+
+    A thread keeps beating while a call computes (torch and tokenizers release the interpreter lock), and stops
+    with the whole process under SIGSTOP, a swap storm or a hard deadlock in C code. Returns False outside a Ray
+    actor (a worker class built in the driver's own process for a test).
+    """
+    try:
+        import ray
+        from ray.experimental.internal_kv import _internal_kv_initialized, _internal_kv_put
+
+        actor_id = ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no Ray here: nothing to beat to
+        return False
+    if not actor_id or not _internal_kv_initialized():
+        return False
+    key, pid, host = heartbeat_key(actor_id), os.getpid(), socket.gethostname()
+
+    def beat(n: int) -> None:
+        record = {"n": n, "pid": pid, "host": host, "t": time.time(), "where": _main_frame()}
+        _internal_kv_put(key, json.dumps(record), overwrite=True, namespace=HEARTBEAT_NAMESPACE)
+
+    def loop() -> None:
+        n = 1
+        while True:
+            time.sleep(interval_s)
+            n += 1
+            try:
+                beat(n)
+            except Exception:  # noqa: BLE001 - the GCS is going away with the run; the driver notices the silence
+                time.sleep(interval_s)
+
+    beat(0)
+    threading.Thread(target=loop, name="rlhf-heartbeat", daemon=True).start()
+    return True
 
 
 class RankWorker:
     def __init__(self, rank: int, world_size: int):
         import faulthandler
         import signal
+
+        # First, so that a process stopped while it loads its model is found as surely as one stopped mid-step.
+        start_heartbeat()
 
         # `kill -USR1 <pid>` prints every thread's stack into the worker log: the first thing to look at in a hang.
         faulthandler.register(signal.SIGUSR1, all_threads=True)

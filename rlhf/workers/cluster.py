@@ -7,6 +7,9 @@ import os
 
 log = logging.getLogger(__name__)
 
+# The watcher of the local cluster this process started; held so that its pipe stays open while Ray runs.
+_reaper = None
+
 
 def ensure_ray(
     *, num_gpus: int, namespace: str | None = None, num_cpus: int | None = None, cpu_processes: int = 1
@@ -46,6 +49,14 @@ def ensure_ray(
         ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
         return
     cpus = num_cpus or max(8, (os.cpu_count() or 2) * 4)
+    # Whatever this local cluster starts is killed when this process ends, even by kill -9 (rlhf/launch/reaper.py).
+    from rlhf.launch.reaper import children, start_reaper
+
+    global _reaper
+    if _reaper is not None:
+        _reaper.close()
+    _reaper = start_reaper()
+    before = children()
     ray.init(
         num_cpus=cpus,
         num_gpus=num_gpus,
@@ -57,6 +68,8 @@ def ensure_ray(
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    if _reaper is not None:
+        _reaper.watch(children() - before - {_reaper.proc.pid})
 
 
 def shutdown_ray() -> None:

@@ -1,11 +1,20 @@
-"""Actor groups on placement groups: GPUs reserved by a run are given back when its roles shut down.
+"""Actor groups on placement groups: GPUs reserved by a run are given back when its roles shut down; every wait
+on a call is bounded by the ranks' heartbeats, and a rank that stops, dies or runs out of memory is named.
 
 Ray accepts a logical GPU count on a machine without GPUs, so the reservation logic runs for real here.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
 import pytest
+
+from rlhf.workers.base import RankWorker
 
 ray = pytest.importorskip("ray")
 
@@ -62,7 +71,150 @@ def test_a_killed_rank_stops_the_call_with_its_role_and_rank(one_logical_gpu) ->
     refs = group.submit("work", 60.0)
     ray.kill(group.actors[1])
     started = time.time()
-    with pytest.raises(RoleError, match=r"role critic rank 1 failed in work"):
+    with pytest.raises(RoleError, match=r"role critic rank 1 failed in work: its actor was killed"):
         group.wait(refs, "work")
     assert time.time() - started < 30
     group.shutdown()
+
+
+class _Beating(RankWorker):
+    """A role's rank as the run has them (RankWorker beats from a thread): busy work and memory on demand."""
+
+    def spin(self, seconds: float) -> int:
+        # Pure Python holding the interpreter lock between switches: the hardest case for a heartbeat thread.
+        end, n = time.time() + seconds, 0
+        while time.time() < end:
+            n += 1
+        return self.rank
+
+    def grow(self, mib: int) -> int:
+        chunks = [bytearray(1 << 20) for _ in range(mib)]
+        return len(chunks)
+
+
+def _pids(group) -> list[int]:
+    return group.run("ping")
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    end = time.time() + within_s
+    while time.time() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_stopped_rank_is_found_within_the_stall_bound_and_named(one_logical_gpu) -> None:
+    """SIGSTOP on one rank mid-call: the wait ends within stall_timeout_s plus one poll, naming the role, rank,
+    pid, host, method and that the process is stopped; shutting the group down ends the stopped process."""
+    from rlhf.workers.group import ActorGroup, RoleStalledError
+
+    group = ActorGroup("reward.rm", _Beating, 2, gpus_per_worker=0, stall_timeout_s=5)
+    pids = _pids(group)
+    refs = group.submit("spin", 60.0)
+    time.sleep(1.0)
+    os.kill(pids[1], signal.SIGSTOP)
+    started = time.time()
+    try:
+        with pytest.raises(RoleStalledError) as err:
+            group.wait(refs, "spin")
+        took = time.time() - started
+        text = str(err.value)
+        assert (
+            f"role reward.rm rank 1 (pid {pids[1]} on host {socket.gethostname()}) stopped responding during spin"
+            in (text)
+        ), text
+        assert "its process is stopped (SIGSTOP" in text and "stall_timeout_s=5" in text
+        assert "in spin" in text  # where its last beat found the main thread
+        assert 4.0 <= took < 5 + 0.5 + 3, took  # the bound, one poll (0.5 s) and slack for a loaded machine
+    finally:
+        group.shutdown()
+    assert _gone(pids[1], 10), "the stopped rank must not outlive its group"
+    assert _gone(pids[0], 10)
+
+
+def test_a_long_busy_call_does_not_trip_the_stall_bound(one_logical_gpu) -> None:
+    """A call three times longer than the stall bound, alive the whole time, returns normally."""
+    from rlhf.workers.group import ActorGroup
+
+    group = ActorGroup("actor", _Beating, 1, gpus_per_worker=0, stall_timeout_s=5)
+    try:
+        started = time.time()
+        assert group.run("spin", 15.0) == [0]
+        assert time.time() - started >= 15.0
+    finally:
+        group.shutdown()
+
+
+@pytest.fixture
+def small_memory_cgroup():
+    """A child of this process's memory cgroup (v1 or v2) holding at most 256 MiB of new allocations."""
+    line = next((entry for entry in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in entry), None)
+    if line is not None:
+        parent, limit_file, limit = (
+            Path("/sys/fs/cgroup/memory") / line.split(":", 2)[2].lstrip("/"),
+            "memory.limit_in_bytes",
+            str(256 << 20),
+        )
+    else:
+        v2 = Path("/proc/self/cgroup").read_text().split("0::", 1)[-1].strip()
+        parent, limit_file, limit = Path("/sys/fs/cgroup") / v2.lstrip("/"), "memory.max", str(256 << 20)
+    child = parent / f"rlhf-test-{os.getpid()}"
+    try:
+        child.mkdir()
+        (child / limit_file).write_text(limit)
+        (child / "memory.swappiness").write_text("0") if (child / "memory.swappiness").exists() else None
+    except OSError as e:
+        pytest.skip(f"cannot make a memory cgroup here: {e}")
+    yield child
+    for _ in range(50):
+        try:
+            child.rmdir()
+            break
+        except OSError:
+            time.sleep(0.2)
+
+
+def test_a_cgroup_out_of_memory_kill_reads_as_out_of_memory(one_logical_gpu, small_memory_cgroup) -> None:
+    """The kernel kills a rank that outgrows its memory cgroup: the error says out of memory, names the role and
+    rank, shows the cgroup's oom_kill count rising and gives the fix."""
+    from rlhf.workers.group import ActorGroup, RoleOutOfMemoryError
+
+    group = ActorGroup("actor", _Beating, 1, gpus_per_worker=0, stall_timeout_s=30)
+    try:
+        (pid,) = _pids(group)
+        (small_memory_cgroup / "cgroup.procs").write_text(str(pid))
+        started = time.time()
+        with pytest.raises(RoleOutOfMemoryError) as err:
+            group.run("grow", 2048)
+        text = str(err.value)
+        assert f"role actor rank 0 (pid {pid} on host {socket.gethostname()}) failed in grow: out of memory" in text
+        assert "out-of-memory killer ended it (oom_kill 0 -> 1" in text, text
+        assert "algo.micro_batch_per_gpu" in text and "engine.offload_optimizer=true" in text
+        assert time.time() - started < 30
+    finally:
+        group.shutdown()
+
+
+def test_a_rank_killed_by_a_signal_is_reported_as_a_death_with_the_likely_cause(one_logical_gpu) -> None:
+    from rlhf.workers.group import ActorGroup, RoleError
+
+    group = ActorGroup("ref", _Beating, 1, gpus_per_worker=0, stall_timeout_s=30)
+    try:
+        (pid,) = _pids(group)
+        refs = group.submit("spin", 60.0)
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        started = time.time()
+        with pytest.raises(
+            RoleError, match=rf"role ref rank 0 \(pid {pid} on host .*\) failed in spin: its process died"
+        ) as err:
+            group.wait(refs, "spin")
+        assert "out-of-memory kill" in str(err.value) and time.time() - started < 30
+    finally:
+        group.shutdown()
