@@ -70,8 +70,15 @@ def execute(dcfg: DictConfig, progress: bool = True):
     from rlhf.launch.run_dir import claim_run_dir, mark_finished
     from rlhf.plan import resolve_plan
     from rlhf.tracking.callbacks import sweep_parent
-    from rlhf.tracking.lineage import log_lineage, log_objective, previous_run_id, write_run_record
+    from rlhf.tracking.lineage import (
+        close_orphaned_run,
+        log_lineage,
+        log_objective,
+        previous_run_id,
+        write_run_record,
+    )
     from rlhf.tracking.mlflow_tracker import git_commit, make_tracker
+    from rlhf.workers.group import set_stall_timeout
 
     cfg = OmegaConf.to_object(dcfg)
     from rlhf.quiet import set_verbose
@@ -98,12 +105,17 @@ def execute(dcfg: DictConfig, progress: bool = True):
     (out / "plan.json").write_text(plan.to_json())
     sweep = sweep_parent()
     parent_run_id = sweep["run_id"] if sweep else None
-    # A requeued or resumed job continues the MLflow run of its earlier attempt in the same output_dir.
+    # A requeued or resumed job continues the MLflow run of its earlier attempt in the same output_dir; an
+    # earlier attempt's run left RUNNING by a killed driver and not resumed here is marked KILLED.
+    resume_run_id = previous_run_id(out) if cfg.resume else None
+    closed = close_orphaned_run(out, keep=resume_run_id)
+    if closed:
+        print(f"rlhf: MLflow run {closed}, left running in {out} by a driver that was killed, is marked KILLED")
     tracker = make_tracker(
         cfg.tracking,
         run_name=f"{cfg.algo.name}-{Path(cfg.model.name_or_path).name}",
         parent_run_id=parent_run_id,
-        resume_run_id=previous_run_id(out) if cfg.resume else None,
+        resume_run_id=resume_run_id,
     )
     tracker.set_tags(
         {
@@ -126,6 +138,7 @@ def execute(dcfg: DictConfig, progress: bool = True):
     status = "FAILED"
     try:
         log_lineage(tracker, cfg, out)
+        set_stall_timeout(cfg.stall_timeout_s)  # the bound on a silent rank, for every role group of the run
         with _isolated(plan, out):
             result = _controller(plan.algo)(cfg, plan, tracker, out, progress=progress)
         if result.model_dir and cfg.tracking.log_model and _dir_size(result.model_dir) < 1 << 30:

@@ -85,3 +85,48 @@ def log_objective(tracker, metric: str, value: float, higher_is_better: bool, st
         {TAG_OBJECTIVE_METRIC: metric, TAG_OBJECTIVE_DIRECTION: "maximize" if higher_is_better else "minimize"}
     )
     tracker.log_metrics({OBJECTIVE: value}, step)
+
+
+# Set on an MLflow run that was left RUNNING by a driver that died without ending it (kill -9, a node lost).
+TAG_END_REASON = "rlhf.end_reason"
+
+
+def close_orphaned_run(output_dir: Path, keep: Optional[str] = None) -> Optional[str]:
+    """Mark KILLED the MLflow run that the last driver in `output_dir` left RUNNING, unless it is `keep` (the
+    run this start resumes). Returns the run id it closed, or None.
+
+    Called once this process holds the directory's lock (rlhf/launch/run_dir.py), so the driver recorded in
+    `rlhf_run.json` is known to be gone: a run still RUNNING there can only be one whose driver was killed
+    with -9 (or lost its node) and never came back to end it. The end time is its last logged metric's.
+    """
+    path = Path(output_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    run_id, uri = record.get("mlflow_run_id"), record.get("mlflow_tracking_uri")
+    if not run_id or not uri or run_id == keep:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - the store moved or the run was deleted: nothing to close
+        return None
+    if run.info.status != "RUNNING":
+        return None
+    last = [
+        (m.step, m.timestamp)
+        for key in run.data.metrics
+        if not key.startswith("system/")
+        for m in client.get_metric_history(run_id, key)
+    ]
+    step, ended = max(last, default=(-1, run.info.start_time))
+    client.set_tag(
+        run_id,
+        TAG_END_REASON,
+        f"its driver died without ending it (last logged step {step}); marked KILLED by the next start "
+        f"in {Path(output_dir).resolve()}",
+    )
+    client.set_terminated(run_id, status="KILLED", end_time=ended)
+    return run_id

@@ -108,12 +108,15 @@ class MLflowTracker:
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
         # psutil samples CPU/memory; without it MLflow would only warn once per run.
         log_system_metrics = log_system_metrics and _has_psutil()
-        # Steps the run logged before it was stopped: a resumed run retrains them from its checkpoint and would
-        # log them a second time; their first values stay and the repeats are not logged.
+        # Steps the run logged before it was stopped, per metric: a resumed run retrains them from its checkpoint
+        # and would log them a second time; their first values stay and the repeats are not logged. Per metric,
+        # so an evaluation at the last trained step that the stopped run never reached is still logged.
         self.logged_through = -1
+        self.last_step: dict[str, int] = {}
         if resume_run_id and self._run_exists(resume_run_id):
             # A requeued job continues its own run, so one sweep point stays one child.
-            self.logged_through = self._last_logged_step(resume_run_id)
+            self.last_step = self._last_logged_steps(resume_run_id)
+            self.logged_through = max(self.last_step.values(), default=-1)
             self.run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=log_system_metrics)
         else:
             self.run = mlflow.start_run(
@@ -121,10 +124,10 @@ class MLflowTracker:
             )
         self.run_id = self.run.info.run_id
 
-    def _last_logged_step(self, run_id: str) -> int:
+    def _last_logged_steps(self, run_id: str) -> dict[str, int]:
         client = self.mlflow.tracking.MlflowClient(self.uri)
         keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
-        return max((m.step for k in keys for m in client.get_metric_history(run_id, k)), default=-1)
+        return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in keys}
 
     def _run_exists(self, run_id: str) -> bool:
         try:
@@ -150,8 +153,10 @@ class MLflowTracker:
             self.mlflow.log_params(dict(items[i : i + 100]))
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if clean and step > self.logged_through:
+        clean = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and step > self.last_step.get(k, -1)
+        }
+        if clean:
             self.mlflow.log_metrics(clean, step=step)
 
     def log_text(self, text: str, name: str) -> None:
