@@ -38,9 +38,9 @@ def generate(cfg) -> Path:
     g = cfg.generate
     tokenizer = load_tokenizer(cfg.model, padding_side="left")
     rows = (
-        file_rows(g.prompts, g.prompt_key, tokenizer, cfg.data)
+        file_rows(g.prompts, g.prompt_key, tokenizer, cfg.data, condition=g.condition)
         if g.prompts
-        else preset_rows(cfg.data, tokenizer, "eval", seed=cfg.seed)
+        else preset_rows(_conditioned(cfg.data, g.condition), tokenizer, "eval", seed=cfg.seed)
     )
     if g.max_prompts:
         rows = rows[: g.max_prompts]
@@ -76,6 +76,15 @@ def generate(cfg) -> Path:
     if hasattr(gen, "close"):
         gen.close()
     return out
+
+
+def _conditioned(data, condition: Optional[str]):
+    """The data preset with `condition` (literal text) in front of its prompts, as algo=csft trained them."""
+    if not condition:
+        return data
+    from rlhf.config.algo import with_condition
+
+    return with_condition(data, condition.replace("{", "{{").replace("}", "}}"))
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")

@@ -33,7 +33,7 @@ MAX_MICRO = 16
 def family(algo_name: str, onpolicy: bool) -> str:
     if onpolicy:
         return "onpolicy"
-    if algo_name in ("sft", "pretrain"):
+    if algo_name in ("sft", "pretrain", "prm", "kd", "csft", "rejection_sampling"):
         return "sft"
     if algo_name == "rm":
         return "rm"

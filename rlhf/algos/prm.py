@@ -153,3 +153,20 @@ def reduce_step_scores(step_scores: torch.Tensor, tag_mask: torch.Tensor, reduct
     tags = tag_mask.bool()
     out = fn(step_scores, tags)
     return torch.where(_has_tag(tags), out, torch.zeros_like(out))
+
+
+def single_token_ids(tokenizer, tokens: Sequence[str], key: str) -> list[int]:
+    """The id of each string in `tokens`, each of which the tokenizer must keep as exactly one token.
+
+    `key` names the config key the strings come from, for the error."""
+    ids = []
+    for t in tokens:
+        enc = tokenizer.encode(t, add_special_tokens=False)
+        if len(enc) != 1:
+            raise ValueError(
+                f"{key}: {t!r} is {len(enc)} tokens with this tokenizer ({enc}), it must be exactly one; choose a "
+                f"string the tokenizer keeps whole (e.g. {key}=... with a single character the data never uses), "
+                "or add it to the tokenizer as a special token"
+            )
+        ids.append(enc[0])
+    return ids

@@ -124,3 +124,118 @@ class RLConfig(TrainConfig):
     dynamic_filtering: bool = False
     # Warn when rollout-engine and trainer log-probs differ by more than this (mean abs per token).
     logprob_mismatch_warn: float = 0.05
+
+
+@dataclass
+class PRMConfig(TrainConfig):
+    """Process reward model (Math-Shepherd, Wang et al. 2023; OpenRLHF's PRM trainer): a causal LM trained to
+    predict a reward token at the step placeholder that ends each reasoning step."""
+
+    name: str = "prm"
+    # The one-token step separator written after each step (Math-Shepherd's "ки"); the tokenizer must keep it
+    # whole (rlhf/data/templates.py tokenize_prm says so when it does not).
+    placeholder_token: str = "ки"
+    # Label tokens read at each placeholder, the positive (correct step) first: the model's logits over them
+    # classify the step.
+    reward_tokens: List[str] = field(default_factory=lambda: ["+", "-"])
+    # hard: cross-entropy on the label (bool labels); soft: binary cross-entropy on P(correct) in [0, 1]
+    # (Math-Shepherd's Monte-Carlo estimates). rlhf/algos/prm.py PRM_LOSS_KINDS.
+    loss: str = "hard"
+
+    @property
+    def step_tag(self) -> str:
+        # The name the data pipeline uses (rlhf/data/check.py, build_dataset(step_tag=...)).
+        return self.placeholder_token
+
+
+@dataclass
+class TeacherConfig:
+    # HF name/path or tiny:<arch> of the frozen teacher; any size, the same tokenizer (vocabulary) as the student.
+    name_or_path: Optional[str] = None
+
+
+@dataclass
+class KDConfig(TrainConfig):
+    """Knowledge distillation (Hinton et al. 2015) on an SFT data set: (1 - kd_coef) * NLL of the data +
+    kd_coef * tau^2 * KL(teacher || student) at temperature tau, per response token (rlhf/algos/distill.py)."""
+
+    name: str = "kd"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    kd_coef: float = 0.5
+    temperature: float = 1.0
+
+    @property
+    def ref_name_or_path(self) -> Optional[str]:
+        # The teacher is the run's frozen second model: the planner and the trainer load it as the reference.
+        return self.teacher.name_or_path
+
+
+@dataclass
+class CSFTConfig(SFTConfig):
+    """Conditional SFT (arXiv 2308.12050, SteerLM-style): each training prompt carries its quality score as a
+    condition string; at inference the best condition is prepended (`python -m rlhf.generate
+    generate.condition=...`)."""
+
+    name: str = "csft"
+    # Row field holding the score (a number); a row without it is a bad row.
+    score_key: str = "score"
+    # How the score is written in front of the prompt; {score} is the score rounded to score_digits.
+    condition_template: str = "<rm_score>: {score} "
+
+    def conditioned(self, data):
+        """`data` with the condition in front of every source's prompt; {score} reads the row's score_key."""
+        return with_condition(data, self.condition_template.replace("{score}", "{" + self.score_key + "}"))
+
+
+def with_condition(data, condition: str):
+    """A DataConfig whose every source renders its string prompts as `condition` + the prompt (before the chat
+    template). `condition` is a prompt template: `{field}` names a row field; literal braces are doubled.
+    Used by algo=csft while training and by `rlhf.generate generate.condition=...` at inference, so that both
+    render the same text."""
+    from dataclasses import replace
+
+    sources = {
+        name: replace(src, prompt_template=condition + (src.prompt_template or data.prompt_template or "{prompt}"))
+        for name, src in data.sources.items()
+    }
+    return replace(data, sources=sources)
+
+
+@dataclass
+class SampleRoundsConfig:
+    """Generation settings of the algorithms that sample from the current policy between training rounds."""
+
+    # Responses sampled per prompt (best-of-N); HF generate on CPU, vLLM on a GPU when installed.
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # None: rollout.max_new_tokens.
+    max_new_tokens: Optional[int] = None
+    # Prompts sampled each round (None: every training prompt of `data`).
+    prompts_per_round: Optional[int] = None
+
+
+@dataclass
+class RejectionSamplingConfig(SFTConfig, SampleRoundsConfig):
+    """Rejection sampling (best-of-N fine-tuning; Llama 2 sec. 3.2.3, RAFT arXiv 2304.06767): sample N responses
+    per prompt, score them with the `reward` sources, keep each prompt's best if it reaches `threshold`, SFT on
+    the kept ones; `rounds` times, each round from the previous round's model and a child MLflow run."""
+
+    name: str = "rejection_sampling"
+    rounds: int = 1
+    # Keep a prompt's best response only when its reward is at least this (None: always keep it).
+    threshold: Optional[float] = None
+
+
+@dataclass
+class IterativeDPOConfig(DPOConfig, SampleRoundsConfig):
+    """Iterative (online) DPO (Xiong et al. 2024, arXiv 2312.11456; Snorkel/RLHFlow recipes): sample N responses
+    per prompt from the current policy, pair each prompt's best and worst by reward, run DPO, repeat; each
+    iteration a child MLflow run."""
+
+    name: str = "iterative_dpo"
+    iterations: int = 2
+    # The reference of iteration k: the previous iteration's policy (true) or the initial model (false).
+    refresh_reference: bool = True
+    # Drop a prompt whose best and worst rewards differ by less than this (no preference to learn).
+    min_margin: float = 1e-6

@@ -11,7 +11,18 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
 
-from rlhf.config.algo import DPOConfig, KTOConfig, RewardModelConfig, RLConfig, SFTConfig
+from rlhf.config.algo import (
+    CSFTConfig,
+    DPOConfig,
+    IterativeDPOConfig,
+    KDConfig,
+    KTOConfig,
+    PRMConfig,
+    RejectionSamplingConfig,
+    RewardModelConfig,
+    RLConfig,
+    SFTConfig,
+)
 from rlhf.config.data import DataConfig
 from rlhf.config.engine import EngineConfig
 from rlhf.config.evaluation import EvalConfig, GenerateConfig
@@ -68,6 +79,11 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
         "dpo": DPOConfig,
         "kto": KTOConfig,
         "rl": RLConfig,
+        "prm": PRMConfig,
+        "kd": KDConfig,
+        "csft": CSFTConfig,
+        "rejection_sampling": RejectionSamplingConfig,
+        "iterative_dpo": IterativeDPOConfig,
     },
     "model": {"model": ModelConfig},
     "data": {"data": DataConfig},

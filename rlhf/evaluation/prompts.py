@@ -76,14 +76,20 @@ def _check(row: Any, path: Path, where: int, key: str, item: bool = False) -> di
     return row
 
 
-def file_rows(path: str | Path, prompt_key: str, tokenizer, data_cfg) -> list[dict[str, Any]]:
-    """Tokenized prompt rows of a prompts file; every key but the prompt is kept as a field."""
+def file_rows(
+    path: str | Path, prompt_key: str, tokenizer, data_cfg, condition: Optional[str] = None
+) -> list[dict[str, Any]]:
+    """Tokenized prompt rows of a prompts file; every key but the prompt is kept as a field. `condition` goes
+    in front of string prompts (generate.condition)."""
     from rlhf.data.templates import tokenize_prompt
 
     rows = []
     for raw in read_prompt_file(path, prompt_key):
         fields = {k: v for k, v in raw.items() if k != prompt_key}
-        rows.append(tokenize_prompt(raw[prompt_key], tokenizer, data_cfg, fields=fields))
+        prompt = raw[prompt_key]
+        if condition and isinstance(prompt, str):
+            prompt = condition + prompt
+        rows.append(tokenize_prompt(prompt, tokenizer, data_cfg, fields=fields))
     return rows
 
 

@@ -29,8 +29,8 @@ class StepCounts:
     kl_ref: Optional[float] = None
 
 
-def _forward_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Per-token log-probs of the next token [B, T-1], the shifted loss mask, and the MoE aux loss if any."""
+def _forward(model, batch: dict):
+    """The model's output on a padded or packed batch."""
     kwargs = {"input_ids": batch["input_ids"]}
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
@@ -38,7 +38,12 @@ def _forward_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, Opti
         kwargs["attention_mask"] = batch["attention_mask_4d"]
     elif "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    out = model(**kwargs, use_cache=False)
+    return model(**kwargs, use_cache=False)
+
+
+def _forward_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Per-token log-probs of the next token [B, T-1], the shifted loss mask, and the MoE aux loss if any."""
+    out = _forward(model, batch)
     logits = out.logits[:, :-1]
     labels = batch["input_ids"][:, 1:]
     logps = token_logprobs(logits, labels)
@@ -55,7 +60,9 @@ def _moe_aux(model, aux) -> torch.Tensor | float:
     return coef * aux
 
 
-def sft_objective(model, batch, counts: StepCounts, *, ref_model=None, algo=None, micro_batches: int = 1):
+def sft_objective(
+    model, batch, counts: StepCounts, *, ref_model=None, algo=None, micro_batches: int = 1, tokenizer=None
+):
     logps, mask, aux = _forward_logps(model, batch)
     nll_sum = -(logps * mask).sum()
     loss = nll_sum / counts.tokens
@@ -84,7 +91,9 @@ def _sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return total, total / n.clamp(min=1), n
 
 
-def reward_model_objective(model, batch, counts: StepCounts, *, ref_model=None, algo=None, micro_batches: int = 1):
+def reward_model_objective(
+    model, batch, counts: StepCounts, *, ref_model=None, algo=None, micro_batches: int = 1, tokenizer=None
+):
     """Bradley-Terry on [chosen; rejected] stacked rows: scores from the HF sequence-classification head."""
     if "seq_lens" in batch:
         raise ValueError(
@@ -107,7 +116,7 @@ def reward_model_objective(model, batch, counts: StepCounts, *, ref_model=None, 
     return loss, metrics
 
 
-def dpo_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1):
+def dpo_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1, tokenizer=None):
     """DPO/IPO/cDPO on [chosen; rejected] rows. IPO uses mean per-token log-probs (as in TRL), DPO sums."""
     total, mean, n_tokens = _sequence_logps(model, batch)
     with torch.no_grad():
@@ -208,7 +217,7 @@ def kto_prepass(
     return replace(counts, kl_ref=kto_reference_point(model, ref_model, batches))
 
 
-def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1):
+def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1, tokenizer=None):
     """KTO with the step-wide reference point z0 of `kto_prepass` (detached, averaged over ranks, clamped at 0).
 
     Without a pre-pass (counts.kl_ref None) z0 comes from this batch's own mismatched pairs (the batch needs
@@ -247,15 +256,86 @@ def kto_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_ba
     return loss, metrics
 
 
+def prm_objective(model, batch, counts: StepCounts, *, ref_model=None, algo, micro_batches: int = 1, tokenizer=None):
+    """Process reward model: the LM's logits over `algo.reward_tokens` at each step placeholder classify the step.
+
+    Hard labels (bool) train the cross-entropy on the positive/negative token, soft labels (P(correct) in [0, 1])
+    the binary cross-entropy on sigmoid(l_pos - l_neg) (rlhf/algos/prm.py). Divided by the step's global count
+    of placeholders (counts.tokens, from `prm_prepass`)."""
+    from rlhf.algos.prm import prm_loss, single_token_ids
+
+    if tokenizer is None:
+        raise ValueError("prm_objective needs the tokenizer (to read the ids of algo.reward_tokens)")
+    if len(algo.reward_tokens) != 2:
+        raise ValueError(
+            f"algo.reward_tokens={list(algo.reward_tokens)}: give two tokens, the positive (correct step) first, "
+            "e.g. algo.reward_tokens=[+,-]"
+        )
+    ids = single_token_ids(tokenizer, algo.reward_tokens, "algo.reward_tokens")
+    logits = _forward(model, batch).logits
+    tags = batch["step_mask"].bool()
+    labels = batch["step_labels"].to(logits.device)
+    # hard: index 0 (the positive token) for a correct step, 1 for a wrong one; soft: P(correct) itself.
+    targets = (labels <= 0.5).long() if algo.loss == "hard" else labels.float()
+    loss, stats = prm_loss(logits, tags, targets, label_ids=ids, kind=algo.loss, num_tags=counts.tokens)
+    n_tags = tags.sum().detach().float()
+    metrics = {
+        "train/loss": loss.detach(),
+        "train/step_accuracy": stats["accuracy"] * n_tags / counts.tokens,
+        "train/step_tags": n_tags,
+    }
+    return loss, metrics
+
+
+def prm_prepass(model, step_samples: Sequence[dict], positions, counts: StepCounts, **_) -> StepCounts:
+    """The step's global count of step placeholders (every rank sees every sample of the step), no forward."""
+    return replace(counts, tokens=float(max(sum(sum(s["step_mask"]) for s in step_samples), 1)))
+
+
+def kd_objective(model, batch, counts: StepCounts, *, ref_model, algo, micro_batches: int = 1, tokenizer=None):
+    """Knowledge distillation from the frozen teacher (`ref_model`, algo.teacher.name_or_path) on SFT rows:
+    (1 - kd_coef) NLL + kd_coef tau^2 KL(teacher || student) per response token (rlhf/algos/distill.py),
+    divided by the step's response tokens. The teacher may be of another size; its vocabulary must agree on the
+    ids both have (padded vocabularies are cut to the shorter one)."""
+    from rlhf.algos.distill import distill_loss
+
+    out = _forward(model, batch)
+    with torch.no_grad():
+        teacher = _forward(ref_model, batch).logits[:, :-1]
+    student = out.logits[:, :-1]
+    v = min(student.shape[-1], teacher.shape[-1])
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["loss_mask"][:, 1:].to(torch.float32)
+    loss, stats = distill_loss(
+        student[..., :v],
+        teacher[..., :v],
+        labels,
+        mask,
+        kd_coef=algo.kd_coef,
+        temperature=algo.temperature,
+        num_tokens=counts.tokens,
+    )
+    metrics = {
+        "train/loss": loss.detach(),
+        "train/kd_loss": stats["kd_loss"],
+        "train/nll": stats["nll"],
+        "train/tokens": mask.sum().detach(),
+    }
+    return loss, metrics
+
+
 OBJECTIVES: dict[str, Callable] = {
     "sft": sft_objective,
     "reward_model": reward_model_objective,
     "dpo": dpo_objective,
     "kto": kto_objective,
+    "prm": prm_objective,
+    "kd": kd_objective,
 }
 
 # Objectives that need a step-wide value before the step's micro-batches: objective -> pre-pass returning the
 # step's StepCounts with that value (the training worker calls it once per step and once per evaluation).
 PREPASSES: dict[str, Callable[..., StepCounts]] = {
     "kto": kto_prepass,
+    "prm": prm_prepass,
 }

@@ -64,8 +64,10 @@ class TrainerWorker(StepState, RankWorker):
         self.objective = OBJECTIVES[self.algo_spec.objective]
         self.tokenizer = load_tokenizer(s.model)
         task = self.algo_spec.task
-        self.train_ds = build_dataset(task, s.data, self.tokenizer, "train", seed=s.seed)
-        self.eval_ds = build_dataset(task, s.data, self.tokenizer, "eval", seed=s.seed)
+        data = s.algo.conditioned(s.data) if hasattr(s.algo, "conditioned") else s.data  # csft: score in prompt
+        tag = getattr(s.algo, "step_tag", None)  # prm: the step placeholder
+        self.train_ds = build_dataset(task, data, self.tokenizer, "train", seed=s.seed, step_tag=tag)
+        self.eval_ds = build_dataset(task, data, self.tokenizer, "eval", seed=s.seed, step_tag=tag)
         self.steps_per_epoch, total = step_counts(
             len(self.train_ds),
             self.role_plan.train_batch_samples,
@@ -196,7 +198,13 @@ class TrainerWorker(StepState, RankWorker):
         for idx in micro:
             batch = self._to_device(self._collate(self.train_ds, idx))
             loss, metrics = self.objective(
-                self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo, micro_batches=scale
+                self.engine,
+                batch,
+                counts,
+                ref_model=self.ref,
+                algo=self.spec.algo,
+                micro_batches=scale,
+                tokenizer=self.tokenizer,
             )
             self.engine.backward(loss * scale)
             info = self.engine.step() or info
@@ -227,7 +235,13 @@ class TrainerWorker(StepState, RankWorker):
             for i in range(0, len(mine), m):
                 batch = self._to_device(self._collate(self.eval_ds, mine[i : i + m]))
                 _, metrics = self.objective(
-                    self.engine, batch, counts, ref_model=self.ref, algo=self.spec.algo, micro_batches=1
+                    self.engine,
+                    batch,
+                    counts,
+                    ref_model=self.ref,
+                    algo=self.spec.algo,
+                    micro_batches=1,
+                    tokenizer=self.tokenizer,
                 )
                 for k, v in metrics.items():
                     sums["eval/" + k.split("/", 1)[1]] += float(v)
@@ -239,5 +253,9 @@ class TrainerWorker(StepState, RankWorker):
         return loss_tokens(self.eval_ds[i])
 
     def save_model(self, final_dir: str, run_info: dict) -> Optional[str]:
-        path = self.engine.save_hf(Path(final_dir), self.tokenizer, extra_files={"rlhf_run.json": run_info})
+        extra = {"rlhf_run.json": run_info}
+        if self.algo_spec.task == "prm":  # what reward=prm needs to score with the saved model
+            a = self.spec.algo
+            extra["prm.json"] = {"placeholder_token": a.placeholder_token, "reward_tokens": list(a.reward_tokens)}
+        path = self.engine.save_hf(Path(final_dir), self.tokenizer, extra_files=extra)
         return str(path) if path else None
