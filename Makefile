@@ -26,9 +26,11 @@ plan: install
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Unit and config tests only (no Ray, no DeepSpeed end to end): the loop while editing, under 2 minutes.
+# Unit and config tests only (no Ray, no DeepSpeed, no command-line subprocesses): the loop while editing,
+# under 2 minutes.
 test-fast: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider -x tests/unit tests/config --ignore=tests/unit/engines $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -p no:cacheprovider -x -m 'not gpu and not faults and not cli' tests/unit tests/config \
+		--ignore=tests/unit/engines --ignore=tests/unit/workers $(PYTEST_ARGS)
 
 # Lint (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade), the format check and mypy on the typed core
 # (rlhf/config, rlhf/plan.py, rlhf/algos); settings in pyproject.toml.

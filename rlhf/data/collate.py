@@ -54,15 +54,19 @@ def collate_sft(samples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, tor
 
 def collate_pairs(samples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.Tensor]:
     """{"input_ids", "attention_mask", "loss_mask"}: [2B, T], rows 0..B-1 the chosen responses and rows B..2B-1
-    the rejected ones of the same pairs (one forward pass scores both; reward models and DPO split it in half).
+    the rejected ones of the same pairs (one forward pass scores both; reward models and DPO split it in half);
+    "margin" [B] when the samples carry one (algo.margin_key).
     """
     ids = [s["chosen_ids"] for s in samples] + [s["rejected_ids"] for s in samples]
     masks = [s["chosen_mask"] for s in samples] + [s["rejected_mask"] for s in samples]
-    return {
+    out = {
         "input_ids": pad(ids, pad_id),
         "attention_mask": pad([[1] * len(x) for x in ids], 0),
         "loss_mask": pad(masks, 0),
     }
+    if samples and "margin" in samples[0]:  # algo.margin_key: [B], one per pair
+        out["margin"] = torch.tensor([float(s["margin"]) for s in samples])
+    return out
 
 
 def collate_prompts(samples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, Any]:

@@ -102,6 +102,7 @@ def build_dataset(
     *,
     seed: Optional[int] = None,
     step_tag: Optional[str] = None,
+    margin_key: Optional[str] = None,
 ) -> TaskDataset:
     """Read, check, tokenize and mix every source of `data_cfg` for `task` (module docstring lists the keys).
 
@@ -127,7 +128,7 @@ def build_dataset(
     per_source: Dict[str, List[Dict[str, Any]]] = {}
     bad_all: List[BadRow] = []
     for name, src in data_cfg.sources.items():
-        built = _build_source(task, name, src, data_cfg, tokenizer, split, seed, step_tag)
+        built = _build_source(task, name, src, data_cfg, tokenizer, split, seed, step_tag, margin_key)
         if built is not None:
             per_source[name], bad = built
             bad_all += bad
@@ -151,6 +152,7 @@ def _build_source(
     split: str,
     seed: int,
     step_tag: Optional[str],
+    margin_key: Optional[str] = None,
 ) -> Optional[Tuple[List[Dict[str, Any]], List[BadRow]]]:
     """(samples, bad rows) of one source, or None when it has no rows for `split`."""
     opts = format_options(src, cfg)
@@ -165,6 +167,8 @@ def _build_source(
     for row in read.rows:
         try:
             sample = tokenize_example(task, row[EXAMPLE_KEY], tokenizer, cfg, step_tag)
+            if margin_key and task == "pair":
+                sample["margin"] = pair_margin(row[EXAMPLE_KEY], margin_key)
         except RowError as e:
             bad_row = e.at(name, row.get(ORIGIN_KEY, "?"))
             if cfg.bad_rows == "error":
@@ -265,6 +269,22 @@ def read_split(
 
 
 # ------------------------------------------------------------------------------------------------ task tables
+
+
+def pair_margin(ex: Mapping[str, Any], key: str) -> float:
+    """The number in field `key` of a pair example (its scalar columns are in ``fields``)."""
+    fields = ex.get("fields") or {}
+    value = fields.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RowError(
+            f"no number in margin field '{key}'",
+            key=key,
+            detail=f"algo.margin_key={key}; the row has fields {sorted(fields)}",
+        )
+    try:
+        return float(value)
+    except ValueError:
+        raise RowError(f"margin field '{key}' is not a number: {value!r}", key=key) from None
 
 
 def tokenize_example(

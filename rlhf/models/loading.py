@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from typing import Optional
 
 from rlhf.config.model import ModelConfig
@@ -138,4 +139,22 @@ def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
         task_type=task_type,
     )
     model = get_peft_model(model, lcfg)
+    if _is_first_rank():
+        print(lora_summary(model, cfg.lora.rank, list(cfg.lora.target_modules)), flush=True)
     return model
+
+
+def lora_summary(model, rank: int, targets: list) -> str:
+    """`lora: r=8 on [q_proj, v_proj]: 40,960 of 2,531,456 parameters trainable (1.62%)`."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    pct = 100.0 * trainable / max(total, 1)
+    return f"lora: r={rank} on [{', '.join(targets)}]: {trainable:,} of {total:,} parameters trainable ({pct:.2f}%)"
+
+
+def _is_first_rank() -> bool:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0

@@ -66,8 +66,10 @@ class TrainerWorker(StepState, RankWorker):
         task = self.algo_spec.task
         data = s.algo.conditioned(s.data) if hasattr(s.algo, "conditioned") else s.data  # csft: score in prompt
         tag = getattr(s.algo, "step_tag", None)  # prm: the step placeholder
-        self.train_ds = build_dataset(task, data, self.tokenizer, "train", seed=s.seed, step_tag=tag)
-        self.eval_ds = build_dataset(task, data, self.tokenizer, "eval", seed=s.seed, step_tag=tag)
+        margin = getattr(s.algo, "margin_key", None)  # rm: a per-pair margin column
+        kw = dict(seed=s.seed, step_tag=tag, margin_key=margin)
+        self.train_ds = build_dataset(task, data, self.tokenizer, "train", **kw)
+        self.eval_ds = build_dataset(task, data, self.tokenizer, "eval", **kw)
         self.steps_per_epoch, total = step_counts(
             len(self.train_ds),
             self.role_plan.train_batch_samples,

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_too_few_rows_for_one_step_is_refused_with_a_batch_that_fits(tmp_path):
+def test_cli_refuses_too_few_rows_for_one_step_with_a_batch_that_fits(tmp_path):
     rows = tmp_path / "hh.jsonl"
     with open(rows, "w") as f:
         for i in range(40):

@@ -181,3 +181,29 @@ def test_shipped_data_sets_build_without_bad_rows(task, src, chat_tokenizer):
         pytest.skip(f"asset {name} not shipped yet")
     data = build_dataset(task, _data(sources={name: src}), chat_tokenizer, step_tag="<|step|>")
     assert len(data) == 60 and not data.bad, data.summary()
+
+
+def test_margin_key_carries_each_pairs_margin_to_the_batch_and_the_loss(write_jsonl, chat_tokenizer):
+    """algo.margin_key: the named column reaches the collated batch as [B] and shifts the Bradley-Terry loss."""
+    import math
+
+    import torch
+
+    from rlhf.algos.reward import pairwise_loss
+    from rlhf.data.collate import collate_pairs
+
+    rows = [{"prompt": f"What is {i} plus 1?", "chosen": f"{i + 1}.", "rejected": "no", "gap": i} for i in range(4)]
+    rows.append({"prompt": "What is 9 plus 1?", "chosen": "10.", "rejected": "no", "gap": "wide"})
+    cfg = _data(sources={"m": SourceConfig(path=str(write_jsonl("m.jsonl", rows)))}, max_bad_fraction=0.5)
+    data = build_dataset("pair", cfg, chat_tokenizer, margin_key="gap")
+    samples = sorted(data, key=lambda s: s["margin"])  # the mixture shuffles rows
+    assert [s["margin"] for s in samples] == [0.0, 1.0, 2.0, 3.0]
+    assert len(data.bad) == 1 and "gap" in data.bad[0].reason
+    batch = collate_pairs(samples, pad_id=0)
+    assert batch["margin"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    # -log sigmoid(r_c - r_r - m) with r_c - r_r = 1: m = 0 -> log(1 + e^-1) = 0.3133, m = 1 -> log 2 = 0.6931.
+    loss = pairwise_loss(torch.ones(4), torch.zeros(4), margin=batch["margin"])
+    assert loss[:2].tolist() == pytest.approx([math.log1p(math.exp(-1)), math.log(2)], abs=1e-6)
+    # Without the key the batch has no margin and the loss is plain Bradley-Terry.
+    plain = build_dataset("pair", cfg, chat_tokenizer)
+    assert "margin" not in collate_pairs(list(plain), pad_id=0) and not plain.bad

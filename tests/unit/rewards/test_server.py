@@ -117,7 +117,7 @@ def test_missing_content_length_gets_411(server):
     conn.close()
 
 
-def test_command_line_entry_point(tmp_path):
+def test_cli_entry_point_serves_the_function(tmp_path):
     from rlhf.rewards.remote import RemoteReward
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
