@@ -472,6 +472,13 @@ def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
         _choice(problems, "algo.loss_agg", a.loss_agg, set(AGG_MODES))
         _choice(problems, "algo.kl_estimator", a.kl_estimator, set(KL_ESTIMATORS))
         _choice(problems, "algo.kl_in", a.kl_in, {"reward", "loss"})
+        _choice(problems, "algo.policy_loss", a.policy_loss, {"ppo", "gspo"})  # rlhf/algos/policy_loss.py
+        if a.policy_loss == "gspo" and a.dual_clip is not None:
+            problems.append("algo.dual_clip is a token-level PPO option; GSPO clips whole sequences: set it to null")
+        if a.tis_cap is not None and not a.tis_cap >= 1:
+            problems.append(f"algo.tis_cap={a.tis_cap} must be >= 1, or null to turn truncated importance sampling off")
+        if a.max_tokens_per_micro is not None and a.max_tokens_per_micro < 1:
+            problems.append(f"algo.max_tokens_per_micro={a.max_tokens_per_micro} must be >= 1 tokens, or null")
         if not cfg.reward.sources:
             problems.append("reward.sources is empty: pick reward=<option> (math, model, numeric, remote)")
         for name, src in cfg.reward.sources.items():

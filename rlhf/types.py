@@ -170,6 +170,8 @@ class Experience(_Rows):
     action_mask [N, R]: the rollout's mask with rows dropped by dynamic filtering zeroed.
     ref_logps [N, R]: the reference model's (None without a reference).
     old_values [N, R]: the critic's (None without a critic).
+    rollout_logps [N, R]: the rollout engine's log-probs of the sampled tokens, for truncated importance
+        sampling on old_logps - rollout_logps (None: no correction).
     kl_coef: the KL coefficient of this step (in-loss KL).
     """
 
@@ -183,6 +185,7 @@ class Experience(_Rows):
     kl_coef: float = 0.0
     ref_logps: Optional[torch.Tensor] = None
     old_values: Optional[torch.Tensor] = None
+    rollout_logps: Optional[torch.Tensor] = None
     ROWS: ClassVar[tuple[str, ...]] = (
         "sequences",
         "attention_mask",
@@ -192,6 +195,7 @@ class Experience(_Rows):
         "returns",
         "ref_logps",
         "old_values",
+        "rollout_logps",
     )
 
 

@@ -19,6 +19,16 @@ s_i,t = sg[s_i] * pi(y_i,t) / sg[pi(y_i,t)], has the value s_i at every token an
 and `seq_mean_token_mean` aggregation, exactly GSPO's gradient; it also accepts per-token advantages.
 `POLICY_LOSSES` maps `algo.policy_loss` to these functions.
 
+Truncated importance sampling (TIS; Yao et al. 2025, "Your efficient RL framework secretly brings you
+off-policy RL training"; TRL's vLLM importance-sampling correction, verl/OpenRLHF's TIS): the rollout engine
+samples from pi_rollout, which differs numerically from the trainer's pi_old (other kernels, precision) and,
+with an overlapped rollout, by one update. Each token's surrogate is weighted by
+
+    w_t = min(pi_old(a_t) / pi_rollout(a_t), C)
+
+(`tis_weights`; no gradient), so the expectation is over pi_old again while the weight stays bounded by C
+(`algo.tis_cap`).
+
 Losses are reduced by `rlhf.algos.aggregate.aggregate_loss` (pass the step's global normalizers for exact
 gradient accumulation). Stats are micro-batch masked means, detached 0-dim tensors, without the `train/`
 prefix.
@@ -74,6 +84,7 @@ def ppo_policy_loss(
     num_tokens: Optional[Normalizer] = None,
     num_seqs: Optional[Normalizer] = None,
     max_len: Optional[Normalizer] = None,
+    weight: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Clipped surrogate loss (see the module docstring).
 
@@ -86,6 +97,7 @@ def ppo_policy_loss(
         clip_high: epsilon above 1, >= 0.
         dual_clip: constant c > 1 for the dual clip of negative advantages, None disables.
         agg, num_tokens, num_seqs, max_len: see `rlhf.algos.aggregate.aggregate_loss`.
+        weight: [B, T] per-token weights of the surrogate (the TIS weights of `tis_weights`), None for 1.
 
     Returns:
         (loss 0-dim, stats): clip_frac (tokens where the clipped branch is taken), dual_clip_frac, approx_kl
@@ -107,6 +119,9 @@ def ppo_policy_loss(
         bound = -advantages * dual_clip
         dual_taken = (advantages < 0) & (loss_tok > bound)
         loss_tok = torch.where(dual_taken, bound, loss_tok)
+    if weight is not None:
+        _check("weight", weight, logp)
+        loss_tok = loss_tok * weight.detach()
     loss = aggregate_loss(loss_tok, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
 
     with torch.no_grad():
@@ -135,6 +150,7 @@ def gspo_policy_loss(
     num_tokens: Optional[Normalizer] = None,
     num_seqs: Optional[Normalizer] = None,
     max_len: Optional[Normalizer] = None,
+    weight: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """GSPO-token clipped surrogate (see the module docstring). Arguments and shapes as `ppo_policy_loss`.
 
@@ -156,6 +172,9 @@ def gspo_policy_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss_tok = torch.maximum(unclipped, clipped)
+    if weight is not None:
+        _check("weight", weight, logp)
+        loss_tok = loss_tok * weight.detach()
     loss = aggregate_loss(loss_tok, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
 
     with torch.no_grad():
@@ -173,6 +192,29 @@ def gspo_policy_loss(
             "ratio_max": seq_ratio[rows].max() if rows.any() else torch.ones(()),
         }
     return loss, stats
+
+
+def tis_weights(
+    old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, *, cap: float
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Truncated importance weights min(exp(old_logp - rollout_logp), cap) [B, T] (detached; see the module
+    docstring) and their stats: tis_ratio_mean (masked mean of the untruncated ratio) and tis_clip_frac (share
+    of tokens whose ratio exceeded the cap). The log-ratio is clamped to +-LOG_RATIO_CLAMP before exp."""
+    _check("rollout_logp", rollout_logp, old_logp, "old_logp")
+    _check("mask", mask, old_logp, "old_logp")
+    if not cap >= 1.0:
+        raise ValueError(
+            f"algo.tis_cap={cap} must be >= 1 (a cap below 1 down-weights even tokens the two policies agree on), "
+            "or null to turn the correction off (rlhf/config/algo.py RLConfig.tis_cap)"
+        )
+    with torch.no_grad():
+        ratio = torch.exp((old_logp.detach() - rollout_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        weight = ratio.clamp(max=cap)
+        stats = {
+            "tis_ratio_mean": masked_mean(ratio, mask),
+            "tis_clip_frac": masked_mean((ratio > cap).to(ratio.dtype), mask),
+        }
+    return weight, stats
 
 
 # algo.policy_loss -> surrogate; both take the same arguments.

@@ -95,6 +95,7 @@ ALGORITHMS: dict[str, AlgoSpec] = {
         _rl("rloo"),
         _rl("grpo"),
         _rl("dr_grpo"),
+        _rl("gspo"),
     ]
 }
 

@@ -124,6 +124,18 @@ class RLConfig(TrainConfig):
     dynamic_filtering: bool = False
     # Warn when rollout-engine and trainer log-probs differ by more than this (mean abs per token).
     logprob_mismatch_warn: float = 0.05
+    # Surrogate of the policy loss (rlhf/algos/policy_loss.py POLICY_LOSSES): ppo (token ratio) or gspo
+    # (length-normalized sequence ratio).
+    policy_loss: str = "ppo"
+    # Truncated importance sampling on the rollout/trainer log-prob ratio: each token's loss is weighted by
+    # min(exp(old_logp - rollout_logp), tis_cap); null turns it off. 2.0 as TRL's and the TIS paper's default:
+    # the engine's sampler and the trainer differ numerically (and by one update with an overlapped rollout).
+    tis_cap: Optional[float] = 2.0
+    # Token budget of one micro-batch in the log-prob and training passes (rows sorted and binned by length);
+    # null: fixed micro-batches of the plan's micro_batch_per_gpu rows at the batch's width.
+    max_tokens_per_micro: Optional[int] = None
+    # Pack each micro-batch's sequences into one row (varlen attention; no padding at all).
+    pack_sequences: bool = False
 
 
 @dataclass

@@ -395,6 +395,7 @@ class _Loop:
             kl_coef=coef,
             ref_logps=ref,
             old_values=values,
+            rollout_logps=batch.rollout_logps,
         )
         stats = {
             "rollout/kl": float(masked_mean(kl, mask)) if kl is not None else 0.0,

@@ -7,16 +7,43 @@ response token t, so response log-probs come from `logits[:, P-1:-1]`.
 
 from __future__ import annotations
 
-from typing import Optional
+import inspect
+from typing import Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from rlhf.algos.logprobs import entropy_from_logits, token_logprobs
+from rlhf.algos.logprobs import (
+    _check_logits,
+    _p_times,
+    compute_dtype,
+    row_chunks,
+    rows_per_chunk,
+    scaled_logits,
+    token_logprobs,
+)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded prompt starts at position 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+_ACCEPTS: dict = {}
+
+
+def accepts_kwarg(model, name: str) -> bool:
+    """Whether the innermost module's ``forward`` (under a TrainEngine / DeepSpeed wrapper) takes `name`."""
+    m = model
+    while isinstance(getattr(m, "module", None), torch.nn.Module):
+        m = m.module
+    key = (type(m), name)
+    if key not in _ACCEPTS:
+        try:
+            _ACCEPTS[key] = name in inspect.signature(m.forward).parameters
+        except (TypeError, ValueError):
+            _ACCEPTS[key] = False
+    return _ACCEPTS[key]
 
 
 def response_logps(
@@ -26,19 +53,133 @@ def response_logps(
     prompt_len: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
 ):
-    """Log-probs [B, R] of the response tokens (and their entropy [B, R] when asked)."""
+    """Log-probs [B, R] of the response tokens (and their entropy [B, R] when asked).
+
+    Only the R positions that predict response tokens go through the LM head (``logits_to_keep`` where the
+    model takes it): the prompt's logits are never computed. Log-probs and entropy come from one chunked pass
+    over those logits (`token_logps_and_entropy`); the entropy carries a gradient only with `entropy_grad`
+    (an entropy term in the loss)."""
+    r = sequences.shape[1] - prompt_len
+    kw = {}
+    if accepts_kwarg(model, "logits_to_keep"):
+        kw["logits_to_keep"] = torch.arange(prompt_len - 1, prompt_len - 1 + r, device=sequences.device)
     out = model(
-        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        **kw,
     )
-    logits = out.logits[:, prompt_len - 1 : -1]
+    logits = out.logits if kw else out.logits[:, prompt_len - 1 : -1]
     labels = sequences[:, prompt_len:]
-    logps = token_logprobs(logits, labels, temperature=temperature)
-    ent: Optional[torch.Tensor] = None
-    if with_entropy:
-        ent = entropy_from_logits(logits.detach(), temperature=temperature)
+    logps, ent = token_logps_and_entropy(
+        logits, labels, temperature, with_entropy=with_entropy, entropy_grad=entropy_grad
+    )
     aux = getattr(out, "aux_loss", None)
     return logps, ent, aux
+
+
+class _LogpAndEntropy(torch.autograd.Function):
+    """log_softmax(x)[label] and the entropy of softmax(x), x = logits / temperature, from the same chunks
+    (one fp32 chunk alive at a time); backward recomputes each chunk's softmax from the saved logits."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, temperature, rows):
+        B, T, _ = logits.shape
+        dtype = compute_dtype(logits.dtype)
+        logp = torch.empty(B, T, dtype=dtype, device=logits.device)
+        ent = torch.empty(B, T, dtype=dtype, device=logits.device)
+        for bs, ts in row_chunks(B, T, rows):
+            lsm = torch.log_softmax(scaled_logits(logits[bs, ts], dtype, temperature), dim=-1)
+            logp[bs, ts] = lsm.gather(-1, labels[bs, ts].unsqueeze(-1)).squeeze(-1)
+            ent[bs, ts] = -_p_times(lsm, lsm).sum(-1)
+        ctx.save_for_backward(logits, labels, ent)
+        ctx.temperature, ctx.rows, ctx.dtype = temperature, rows, dtype
+        ctx.set_materialize_grads(False)
+        return logp, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_logp, g_ent):
+        logits, labels, ent = ctx.saved_tensors
+        if g_logp is None and g_ent is None:
+            return None, None, None, None
+        B, T, _ = logits.shape
+        grad = torch.empty_like(logits)
+        for bs, ts in row_chunks(B, T, ctx.rows):
+            lsm = torch.log_softmax(scaled_logits(logits[bs, ts], ctx.dtype, ctx.temperature), dim=-1)
+            chunk = torch.zeros_like(lsm)
+            if g_logp is not None:
+                # d logp_y / d x_j = 1[j = y] - p_j
+                g = g_logp[bs, ts].to(ctx.dtype).unsqueeze(-1)
+                chunk = lsm.exp().mul_(-g)
+                chunk.scatter_add_(-1, labels[bs, ts].unsqueeze(-1), g)
+            if g_ent is not None:
+                # dH / d x_j = -p_j (log p_j + H)
+                h = ent[bs, ts].unsqueeze(-1)
+                chunk.sub_(_p_times(lsm, lsm + h).mul_(g_ent[bs, ts].to(ctx.dtype).unsqueeze(-1)))
+            if ctx.temperature != 1.0:
+                chunk.div_(ctx.temperature)
+            grad[bs, ts] = chunk
+        return grad, None, None, None
+
+
+def _kernel_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Optional[torch.Tensor]:
+    """Token log-probs from a maintained fused cross-entropy kernel when one is installed and the logits are
+    on a GPU (flash-attn's Triton cross-entropy, else Liger-Kernel's); None otherwise. The kernels work on
+    [N, V] rows in fp32 internally and return -log p per row."""
+    if not logits.is_cuda:
+        return None
+    B, T, V = logits.shape
+    try:
+        from flash_attn.ops.triton.cross_entropy import cross_entropy_loss
+    except ImportError:
+        cross_entropy_loss = None
+    if cross_entropy_loss is not None:
+        x = logits.reshape(B * T, V)
+        losses, _ = cross_entropy_loss(x, labels.reshape(-1), logit_scale=1.0 / temperature, inplace_backward=False)
+        return -losses.float().view(B, T)
+    try:
+        from liger_kernel.transformers.cross_entropy import LigerCrossEntropyLoss
+    except ImportError:
+        return None
+    # Liger writes the gradient into its input during the forward: give it a tensor nothing else reads (the
+    # temperature-scaled copy, or the logits themselves, which no later code uses once log-probs exist).
+    x = logits.reshape(B * T, V)
+    if temperature != 1.0:
+        x = x / temperature
+    losses = LigerCrossEntropyLoss(reduction="none")(x, labels.reshape(-1))
+    return -losses.float().view(B, T)
+
+
+def token_logps_and_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    chunk_rows: Optional[int] = None,
+    kernel: bool = True,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-probs [B, T] of `labels` under softmax(logits / temperature), and the entropy [B, T] when asked,
+    without an fp32 [B, T, V] copy: chunks of rows are upcast one at a time (rlhf/algos/logprobs.py), and
+    the entropy comes from the same chunks as the log-probs. Without entropy, a fused GPU kernel is used when
+    installed (`_kernel_logps`; `kernel=False` forces the torch path). The entropy is detached unless
+    `entropy_grad`."""
+    _check_logits(logits, temperature)
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels {tuple(labels.shape)} must match logits [B, T] {tuple(logits.shape[:2])}")
+    if not with_entropy:
+        out = _kernel_logps(logits, labels, temperature) if kernel else None
+        if out is None:
+            out = token_logprobs(logits, labels, temperature=temperature, chunk_rows=chunk_rows)
+        return out, None
+    rows = rows_per_chunk(logits.shape[-1], chunk_rows)
+    logp, ent = _LogpAndEntropy.apply(logits, labels.long(), float(temperature), rows)
+    return logp, ent if entropy_grad else ent.detach()
 
 
 def response_values(critic, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:

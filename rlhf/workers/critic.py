@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 from rlhf.types import MiniBatch, RolloutBatch
 from rlhf.workers.trained import TrainedRole
@@ -42,39 +41,51 @@ class CriticWorker(TrainedRole):
     def values(self, batch: RolloutBatch):
         import torch
 
-        from rlhf.training.sequences import response_values
+        from rlhf.training.packing_rl import scatter_rows
 
         self.engine.eval()
-        outs = []
+        micros = self._micro(batch)
         with torch.no_grad():
-            for mb in self._micro(batch):
-                outs.append(response_values(self.engine, mb.sequences, mb.attention_mask, mb.prompt_len).cpu())
+            outs = [self._forward_values(m) for m in micros]
         self.engine.train()
-        return torch.cat(outs)
+        return scatter_rows(outs, micros, len(batch), batch.action_mask.shape[1]).cpu()
+
+    def _forward_values(self, m):
+        from rlhf.training.packing_rl import _rows_of, packed_response_values
+        from rlhf.training.sequences import response_values
+
+        if m.packed is not None:
+            return packed_response_values(self.engine, m.packed)
+        b = _rows_of(m.batch)
+        return response_values(self.engine, b.sequences, b.attention_mask, b.prompt_len)
 
     def train(self, minibatches: list[MiniBatch]) -> dict:
-        """One optimizer step per minibatch (this rank's shard); metrics are this rank's shares of the means."""
+        """One optimizer step per minibatch (this rank's shard); metrics are this rank's shares of the means,
+        summed on the device and read back once."""
+        import torch
+
         from rlhf.algos.value_loss import value_loss
-        from rlhf.training.sequences import response_values
 
         a = self.spec.algo
         scale = self.engine.loss_scale
-        sums: dict[str, float] = defaultdict(float)
+        total = None
         info: dict = {}
         t0 = time.time()
         for mini in minibatches:
             norm = mini.norm.kwargs()
-            for mb in self._micro(mini):
-                e = mb.exp
-                v = response_values(self.engine, e.sequences, e.attention_mask, e.prompt_len)
+            micros = self._micro(mini)
+            for i, m in enumerate(micros):
+                e = m.batch.exp
+                self._boundary(micros, i)
+                v = self._forward_values(m)
                 loss, _ = value_loss(
                     v, e.old_values, e.returns, e.action_mask.float(), clip=a.value_clip, agg=a.loss_agg, **norm
                 )
                 self.engine.backward(loss * scale)
                 info = self.engine.step() or info
-                sums["train/value_loss"] += float(loss.detach())
+                total = loss.detach() if total is None else total + loss.detach()
         n = max(len(minibatches), 1)
-        out = {k: v / n for k, v in sums.items()}
+        out = {} if total is None else {"train/value_loss": float(torch.as_tensor(total)) / n}
         if self.rank == 0:
             out.update({f"train/critic_{k}": v for k, v in info.items()})
             out["timing/train_critic_s"] = time.time() - t0

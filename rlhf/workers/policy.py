@@ -10,7 +10,6 @@ When the policy ranks generate themselves (HF generate, or an in-process vLLM en
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
@@ -84,18 +83,31 @@ class PolicyWorker(TrainedRole):
         """Log-probs [N, R] of the batch's response tokens at rollout.temperature."""
         import torch
 
-        from rlhf.training.sequences import response_logps
+        from rlhf.training.packing_rl import scatter_rows
 
         self.engine.eval()
+        micros = self._micro(batch)
         outs = []
         with torch.no_grad():
-            for mb in self._micro(batch):
-                lp, _, _ = response_logps(
-                    self.engine, mb.sequences, mb.attention_mask, mb.prompt_len, self.spec.rollout.temperature
-                )
-                outs.append(lp.float().cpu())
+            for m in micros:
+                lp, _, _ = self._forward_logps(m, with_entropy=False)
+                outs.append(lp.float())
         self.engine.train()
-        return torch.cat(outs)
+        # One transfer for the whole pass.
+        return scatter_rows(outs, micros, len(batch), batch.action_mask.shape[1]).cpu()
+
+    def _forward_logps(self, m, with_entropy: bool, entropy_grad: bool = False):
+        """Log-probs, entropy and router aux loss of one micro-batch (padded or packed)."""
+        from rlhf.training.packing_rl import _rows_of, packed_response_logps
+        from rlhf.training.sequences import response_logps
+
+        t = self.spec.rollout.temperature
+        if m.packed is not None:
+            return packed_response_logps(self.engine, m.packed, t, with_entropy, entropy_grad)
+        b = _rows_of(m.batch)
+        return response_logps(
+            self.engine, b.sequences, b.attention_mask, b.prompt_len, t, with_entropy, entropy_grad=entropy_grad
+        )
 
     def score_greedy(self, batch: RolloutBatch) -> dict:
         """Teacher-forced log-probs [N, R] of the batch's response tokens at temperature 1, and the largest
@@ -107,7 +119,8 @@ class PolicyWorker(TrainedRole):
         self.engine.eval()
         chosen, best = [], []
         with torch.no_grad():
-            for mb in self._micro(batch):
+            for mb in batch.chunks(self.role_plan.micro_batch_per_gpu):
+                mb = mb.to(self.engine.device)
                 p = mb.prompt_len
                 out = self.engine(
                     input_ids=mb.sequences,
@@ -123,31 +136,39 @@ class PolicyWorker(TrainedRole):
 
     def train(self, minibatches: list[MiniBatch], log_entropy: bool = True) -> dict:
         """One optimizer step per minibatch; each holds this rank's rows and the step's global counts.
-        Metrics are this rank's shares of the step means (the driver adds them up over ranks)."""
-        from rlhf.algos.policy_loss import entropy_bonus, kl_loss, ppo_policy_loss
-        from rlhf.training.sequences import response_logps
+        Metrics are this rank's shares of the step means (the driver adds them up over ranks), summed as
+        tensors on the device and read back once at the end: no host synchronisation per micro-batch."""
+        import torch
+
+        from rlhf.algos.policy_loss import POLICY_LOSSES, entropy_bonus, kl_loss, tis_weights
 
         a = self.spec.algo
         scale = self.engine.loss_scale
+        surrogate = POLICY_LOSSES[getattr(a, "policy_loss", "ppo")]
+        tis_cap = getattr(a, "tis_cap", None)
         # Entropy costs a pass over the vocabulary: only for its loss term or when the step logs it.
         need_ent = a.entropy_coef > 0 or log_entropy
-        sums: dict[str, float] = defaultdict(float)
+        kl_in_loss = a.kl_coef > 0 and a.kl_in == "loss"
+        sums: dict = {}
+
+        def add(key, value):
+            sums[key] = sums[key] + value if key in sums else value
+
         info: dict = {}
         t0 = time.time()
         for mini in minibatches:
             norm = mini.norm.kwargs()
-            for mb in self._micro(mini):
-                e = mb.exp
-                logp, ent, aux = response_logps(
-                    self.engine,
-                    e.sequences,
-                    e.attention_mask,
-                    e.prompt_len,
-                    self.spec.rollout.temperature,
-                    with_entropy=need_ent,
-                )
+            tokens = max(norm["num_tokens"], 1)
+            micros = self._micro(mini)
+            for i, m in enumerate(micros):
+                e = m.batch.exp
+                self._boundary(micros, i)
+                logp, ent, aux = self._forward_logps(m, need_ent, entropy_grad=a.entropy_coef > 0)
                 mask = e.action_mask.float()
-                loss, stats = ppo_policy_loss(
+                weight = None
+                if tis_cap is not None and e.rollout_logps is not None:
+                    weight, tis = tis_weights(e.old_logps, e.rollout_logps, mask, cap=tis_cap)
+                loss, stats = surrogate(
                     logp,
                     e.old_logps,
                     e.advantages,
@@ -156,13 +177,14 @@ class PolicyWorker(TrainedRole):
                     clip_high=a.clip_high,
                     dual_clip=a.dual_clip,
                     agg=a.loss_agg,
+                    weight=weight,
                     **norm,
                 )
-                sums["train/policy_loss"] += float(loss.detach())
-                if a.kl_coef > 0 and a.kl_in == "loss":
+                add("train/policy_loss", loss.detach())
+                if kl_in_loss:
                     kl = kl_loss(logp, e.ref_logps, mask, kind=a.kl_estimator, agg=a.loss_agg, **norm)
                     loss = loss + e.kl_coef * kl
-                    sums["train/kl_loss"] += float(kl)
+                    add("train/kl_loss", kl.detach())
                 if a.entropy_coef > 0:
                     loss = loss + entropy_bonus(ent, mask, coef=a.entropy_coef, agg=a.loss_agg, **norm)
                 if aux is not None:
@@ -170,14 +192,20 @@ class PolicyWorker(TrainedRole):
                     loss = loss + coef * aux / scale
                 self.engine.backward(loss * scale)
                 info = self.engine.step() or info
-                frac = mask.sum().item() / max(norm["num_tokens"], 1)
+                # This micro-batch's share of the minibatch's tokens weighs its token means.
+                frac = mask.sum() / tokens
                 if ent is not None:
-                    sums["train/entropy"] += float((ent * mask).sum() / max(norm["num_tokens"], 1))
+                    add("train/entropy", (ent.detach() * mask).sum() / tokens)
                 for k in ("clip_frac", "approx_kl"):
                     if k in stats:
-                        sums[f"train/{k}"] += float(stats[k]) * frac
+                        add(f"train/{k}", stats[k] * frac)
+                if weight is not None:
+                    add("train/tis_ratio_mean", tis["tis_ratio_mean"] * frac)
+                    add("train/tis_clip_frac", tis["tis_clip_frac"] * frac)
         n = max(len(minibatches), 1)
-        out = {k: v / n for k, v in sums.items()}
+        keys = list(sums)
+        values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).reshape(()) for k in keys]).tolist()
+        out = {k: v / n for k, v in zip(keys, values)}
         if self.rank == 0:
             out.update({f"train/{k}": v for k, v in info.items()})
             out["timing/train_policy_s"] = time.time() - t0

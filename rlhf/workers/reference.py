@@ -38,16 +38,28 @@ class ReferenceWorker(RankWorker):
         return {"setup_s": time.time() - t0}
 
     def logps(self, batch: RolloutBatch):
+        """Log-probs [N, R] of the batch's response tokens; micro-batched like the policy's passes (fixed
+        chunks, or token-budget bins, padded or packed: rlhf/training/packing_rl.py)."""
         import torch
 
+        from rlhf.training.packing_rl import micro_batches, packed_response_logps, scatter_rows
         from rlhf.training.sequences import response_logps
 
+        a, t = self.spec.algo, self.spec.rollout.temperature
+        micros = micro_batches(
+            batch,
+            micro_rows=self.role_plan.micro_batch_per_gpu,
+            max_tokens=getattr(a, "max_tokens_per_micro", None),
+            packed=bool(getattr(a, "pack_sequences", False)),
+            device=self.device,
+        )
         outs = []
         with torch.no_grad():
-            for mb in batch.chunks(self.role_plan.micro_batch_per_gpu):
-                mb = mb.to(self.device)
-                lp, _, _ = response_logps(
-                    self.model, mb.sequences, mb.attention_mask, mb.prompt_len, self.spec.rollout.temperature
-                )
-                outs.append(lp.float().cpu())
-        return torch.cat(outs)
+            for m in micros:
+                if m.packed is not None:
+                    lp, _, _ = packed_response_logps(self.model, m.packed, t)
+                else:
+                    b = m.batch
+                    lp, _, _ = response_logps(self.model, b.sequences, b.attention_mask, b.prompt_len, t)
+                outs.append(lp.float())
+        return scatter_rows(outs, micros, len(batch), batch.action_mask.shape[1]).cpu()

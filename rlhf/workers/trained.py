@@ -56,5 +56,23 @@ class TrainedRole(StepState, RankWorker):
 
     def _micro(self, batch):
         """The role's micro-batches of a batch (a RolloutBatch, Experience or MiniBatch), on the engine's
-        device."""
-        return [mb.to(self.engine.device) for mb in batch.chunks(self.role_plan.micro_batch_per_gpu)]
+        device: fixed chunks of the plan's micro-batch, or bins by ``algo.max_tokens_per_micro`` (padded to
+        each bin's own widths, or packed with ``algo.pack_sequences``; rlhf/training/packing_rl.py)."""
+        from rlhf.training.packing_rl import micro_batches
+
+        a = self.spec.algo
+        return micro_batches(
+            batch,
+            micro_rows=self.role_plan.micro_batch_per_gpu,
+            max_tokens=getattr(a, "max_tokens_per_micro", None),
+            packed=bool(getattr(a, "pack_sequences", False)),
+            device=self.engine.device,
+        )
+
+    def _boundary(self, micros, i: int) -> None:
+        """With dynamic micro-batches the number per optimizer step is not the plan's ``grad_accum``: mark the
+        step's last micro-batch as DeepSpeed's accumulation boundary. (The loss scale stays ``loss_scale``:
+        losses are divided by the minibatch's global counts, and DeepSpeed divides by the configured
+        accumulation whatever the count.)"""
+        if micros and micros[0].dynamic:
+            self.engine.ds.set_gradient_accumulation_boundary(i == len(micros) - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf.algos.logprobs import token_logprobs
@@ -84,3 +85,80 @@ def test_action_mask_keeps_tokens_through_the_first_eos():
     assert action_mask_from(torch.tensor([[5, PAD, PAD]]), {PAD}, PAD).tolist() == [[1, 1, 0]]
     # ignore_eos runs pass no EOS ids: only padding is masked.
     assert action_mask_from(torch.tensor([[EOS, 5, PAD]]), set(), PAD).tolist() == [[1, 1, 0]]
+
+
+# ---------------------------------------------------------------------- log-probs and entropy from one pass
+
+
+def _plain(logits, labels, temperature):
+    lsm = torch.log_softmax(logits / temperature, -1)
+    return lsm.gather(-1, labels[..., None])[..., 0], -(lsm.exp() * lsm).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 7, None])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_fused_logps_and_entropy_equal_the_plain_computation_values_and_gradients(chunk_rows, temperature):
+    from rlhf.training.sequences import token_logps_and_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 41, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 41, (3, 5), generator=g)
+    w_lp, w_ent = (
+        torch.randn(3, 5, generator=g, dtype=torch.float64),
+        torch.randn(3, 5, generator=g, dtype=torch.float64),
+    )
+
+    a = logits.clone().requires_grad_()
+    lp, ent = token_logps_and_entropy(
+        a, labels, temperature, with_entropy=True, entropy_grad=True, chunk_rows=chunk_rows
+    )
+    ((lp * w_lp).sum() + (ent * w_ent).sum()).backward()
+    b = logits.clone().requires_grad_()
+    plp, pent = _plain(b, labels, temperature)
+    ((plp * w_lp).sum() + (pent * w_ent).sum()).backward()
+    assert torch.allclose(lp, plp, atol=1e-12) and torch.allclose(ent, pent, atol=1e-12)
+    assert torch.allclose(a.grad, b.grad, atol=1e-12)
+
+    # Entropy logged but not trained on: detached, and the log-prob gradient alone is the plain one's.
+    c = logits.clone().requires_grad_()
+    lp, ent = token_logps_and_entropy(c, labels, temperature, with_entropy=True, chunk_rows=chunk_rows)
+    assert not ent.requires_grad
+    (lp * w_lp).sum().backward()
+    d = logits.clone().requires_grad_()
+    (_plain(d, labels, temperature)[0] * w_lp).sum().backward()
+    assert torch.allclose(c.grad, d.grad, atol=1e-12)
+
+
+def test_fused_pass_without_entropy_is_token_logprobs_and_uses_no_kernel_on_cpu():
+    from rlhf.training.sequences import _kernel_logps, token_logps_and_entropy
+
+    logits = torch.randn(2, 3, 11)
+    labels = torch.randint(0, 11, (2, 3))
+    lp, ent = token_logps_and_entropy(logits, labels, 0.8)
+    assert ent is None and torch.equal(lp, token_logprobs(logits, labels, temperature=0.8))
+    assert _kernel_logps(logits, labels, 0.8) is None
+
+
+def test_entropy_bonus_reaches_the_logits_when_it_is_in_the_loss():
+    # Uniform logits over 2 tokens are the entropy maximum: gradient 0 there. Logits [1, 0]: p = [0.731, 0.269],
+    # dH/dx_0 = -p_0 (log p_0 + H) = -0.731 (-0.3133 + 0.5822) = -0.1966, dH/dx_1 = +0.1966.
+    seq = torch.tensor([[1, 0]])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x = torch.nn.Parameter(torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            class Out:
+                pass
+
+            out = Out()
+            out.logits = self.x
+            return out
+
+    m = Fixed()
+    _, ent, _ = response_logps(m, seq, torch.ones_like(seq), prompt_len=1, with_entropy=True, entropy_grad=True)
+    ent.sum().backward()
+    assert m.x.grad[0, 0].tolist() == pytest.approx([-0.19661, 0.19661], abs=1e-4)
+    assert m.x.grad[0, 1].tolist() == [0.0, 0.0]  # the last position predicts nothing
