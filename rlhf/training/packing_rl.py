@@ -12,6 +12,11 @@ that each micro-batch holds at most that many tokens:
   model runs flash attention, an explicit block-diagonal causal mask otherwise; rlhf/data/packing.py says
   why both are exact). L is the sum of the bin's real lengths: no padding at all.
 
+Measured on one H200 (Qwen2.5-0.5B shape, bf16, sdpa, checkpointing; 64 rows of 128 prompt + 32..512 response
+tokens, forward and backward): fixed micro-batches of 16 rows 0.80 s, a 20480-token budget padded 0.52 s, the
+same budget packed 1.21 s. Without flash-attn the packed row's explicit [L, L] mask takes SDPA off its flash
+kernel, so on GPUs packing pays only with flash-attn installed; the padded budget is the default choice.
+
 Either way the loss code sees a micro-batch in the padded layout (cut to its own widths), the same masks and
 the minibatch's global normalizers (``MiniBatch.norm``), so the summed gradient equals the fixed-micro-batch
 one up to float rounding. The ranks of a role agree on one number of micro-batches per pass (one all-reduce
