@@ -61,5 +61,5 @@ class GenerateConfig:
     # Prompts generated at once (hf backend).
     batch_size: int = 64
     # Text put in front of every string prompt (before the chat template), e.g. the quality condition a
-    # conditional-SFT model (algo=csft) was trained with: generate.condition="<rm_score>: 1.0 ".
+    # conditional-SFT model (algo=csft) was trained with: 'generate.condition="<rm_score>: 1.0 "' (quoted for Hydra).
     condition: Optional[str] = None
