@@ -27,6 +27,11 @@ def test_row_matches_its_config_file_and_its_controller(name):
         from rlhf.training.objectives import OBJECTIVES
 
         assert spec.objective in OBJECTIVES
+    elif spec.family == "iterative":
+        # Each round trains an offline algorithm on what it generated; the run is judged by held-out reward.
+        assert ALGORITHMS[spec.round_algo].family == "offline"
+        assert spec.objective == ALGORITHMS[spec.round_algo].objective and spec.task == "prompt"
+        assert (spec.metric, spec.higher_is_better) == ("eval/reward_mean", True)
     else:
         assert (spec.objective, spec.metric, spec.higher_is_better) == ("policy", "eval/reward_mean", True)
 
