@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import timedelta
 
 
@@ -52,7 +53,13 @@ def destroy_distributed() -> None:
     if dist.is_initialized():
         # Without this, multi-process ZeRO-2/3 on gloo aborts at interpreter exit.
         dist.barrier()
-        dist.destroy_process_group()
+        ds_comm = sys.modules.get("deepspeed.comm.comm")
+        if ds_comm is not None and getattr(ds_comm, "cdb", None) is not None:
+            # DeepSpeed's teardown also drops the groups it cached (its world-group clone): a later engine in
+            # this process would otherwise broadcast over a destroyed group.
+            ds_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(value: float) -> float:

@@ -188,4 +188,6 @@ def test_packed_and_padded_batches_give_the_same_objective(task):
             assert abs(out[False]["train/reward_margin"]) > 1e-3
     assert out[True].keys() == out[False].keys()
     for k in out[False]:
-        assert out[True][k] == pytest.approx(out[False][k], rel=1e-5, abs=1e-6), k
+        # Margins are differences of summed float32 log-probs (beta x ~100 tokens): rounding of the two layouts
+        # differs by a few 1e-6 there, a real mix-up of rows by far more.
+        assert out[True][k] == pytest.approx(out[False][k], rel=1e-5, abs=1e-5), k
