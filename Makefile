@@ -49,7 +49,8 @@ test-vllm: install
 test-faults: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m faults tests/integration/test_faults.py
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/engines/test_checkpoint_faults.py \
-		tests/unit/engines/test_safe_load.py tests/unit/launch tests/unit/rewards/test_remote_deadline.py
+		tests/unit/engines/test_safe_load.py tests/unit/launch tests/unit/rewards/test_remote_deadline.py \
+		tests/unit/workers/test_group.py tests/unit/tracking/test_resume_logging.py
 
 test-gpu:
 	$(PYTHON) -m pytest -q -m gpu tests/gpu

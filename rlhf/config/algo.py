@@ -136,6 +136,7 @@ class RLConfig(TrainConfig):
     max_tokens_per_micro: Optional[int] = None
     # Pack each micro-batch's sequences into one row (varlen attention; no padding at all).
     pack_sequences: bool = False
+    async_rollout: bool = False  # one-step off-policy: step k+1 generates while step k trains (controllers/onpolicy.py)
 
 
 @dataclass

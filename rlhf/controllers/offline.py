@@ -102,17 +102,20 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
                     keep=a.keep_checkpoints,
                 )
         planned = total
+        # The last step is checkpointed too (with save_every, and when stopped early): a kill while the final
+        # model is written resumes there instead of training again.
+        saved = a.save_every and done % a.save_every == 0 and done < planned  # by the loop
+        if done > start and (a.save_every or done < planned) and not saved:
+            save_checkpoint(
+                roles,
+                output_dir,
+                done,
+                algo=a.name,
+                model=cfg.model.name_or_path,
+                state={"total_steps": planned},
+                keep=a.keep_checkpoints,
+            )
         if done < planned:
-            if not (a.save_every and done % a.save_every == 0):
-                save_checkpoint(
-                    roles,
-                    output_dir,
-                    done,
-                    algo=a.name,
-                    model=cfg.model.name_or_path,
-                    state={"total_steps": planned},
-                    keep=a.keep_checkpoints,
-                )
             tracker.set_tags({"stopped_early": f"algo.max_time after step {done} of {planned}"})
         total = done
         evals = _sum(group.run("evaluate"))

@@ -15,10 +15,22 @@ class Rollout(Protocol):
 
     # Engines with their own forward (vLLM): the run ends with a greedy consistency check against the trainer.
     checks_consistency: bool
+    # Generation runs on other processes than the policy ranks (placement=separate): it can overlap training.
+    separate: bool
 
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
         """One response per row of `prompts` (rows already repeated samples_per_prompt times). Timings:
-        timing/generate_engine_s (the slowest engine) and, where engines sleep, timing/sleep_wake_s."""
+        timing/generate_engine_s (the slowest engine) and, where engines sleep, timing/sleep_wake_s.
+        Equal to ``collect(submit(prompts, seed=seed, greedy=greedy))``."""
+        ...
+
+    def submit(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> object:
+        """Start generating without waiting; the handle goes to ``collect``. Calls on the same processes run
+        in submission order (Ray actors), so a later sync or update waits for this generation."""
+        ...
+
+    def collect(self, handle: object) -> tuple[RolloutBatch, Timings]:
+        """Wait for a ``submit``ted generation: the batch and timings of ``generate``."""
         ...
 
     def sync_weights(self) -> Timings:

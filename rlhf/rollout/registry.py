@@ -108,14 +108,22 @@ def colocated_vllm(worker):
 class InPolicyRollout:
     """The policy ranks generate, each on its contiguous shard of the prompts."""
 
+    separate = False
+
     def __init__(self, actor_group, own_weights: bool):
         self.actor = actor_group
         # HF generate runs on the trained module itself: nothing to copy, nothing to check.
         self.checks_consistency = own_weights
 
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
+        return self.collect(self.submit(prompts, seed=seed, greedy=greedy))
+
+    def submit(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> list:
         shards = prompts.split(len(self.actor))
-        outs = self.actor.run("generate", per_rank=[(s, seed, greedy) for s in shards])
+        return self.actor.submit("generate", per_rank=[(s, seed, greedy) for s in shards])
+
+    def collect(self, handle: list) -> tuple[RolloutBatch, Timings]:
+        outs = self.actor.wait(handle, "generate")
         return RolloutBatch.cat([b for b, _ in outs]), _slowest([t for _, t in outs])
 
     def sync_weights(self) -> Timings:
@@ -139,13 +147,21 @@ class FleetRollout:
     """Separate engine actors (an EngineFleet connected to policy rank 0's weight broadcast)."""
 
     checks_consistency = True
+    separate = True
 
     def __init__(self, fleet, rollout_cfg, *, pad_id: int, stop_token_ids: list[int]):
         self.fleet, self.ro, self.pad_id, self.stop_token_ids = fleet, rollout_cfg, pad_id, stop_token_ids
 
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
+        return self.collect(self.submit(prompts, seed=seed, greedy=greedy))
+
+    def collect(self, handle) -> tuple[RolloutBatch, Timings]:
+        return self.fleet.collect(handle)
+
+    def submit(self, prompts: PromptBatch, *, seed: int, greedy: bool = False):
+        # The engines draw from their own seeded generators (rollout seed + rank); `seed` is the policy ranks'.
         ro = self.ro
-        return self.fleet.generate(
+        return self.fleet.submit(
             prompts,
             max_new_tokens=ro.max_new_tokens,
             pad_id=self.pad_id,

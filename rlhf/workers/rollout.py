@@ -176,6 +176,10 @@ class EngineFleet:
     ) -> tuple[RolloutBatch, dict[str, float]]:
         """One response per row of ``prompts`` (left-padded), rows split in contiguous blocks across the
         engines; returns ``generations_to_batch``'s batch and timing/generate_engine_s (the slowest engine)."""
+        return self.collect(self.submit(prompts, max_new_tokens=max_new_tokens, pad_id=pad_id, **sampling))
+
+    def submit(self, prompts: PromptBatch, *, max_new_tokens: int, pad_id: int, **sampling: Any) -> tuple:
+        """``generate`` without waiting: the engines start now; ``collect`` takes the handle."""
         rows = prompts.unpadded()
         k = len(self.engines)
         bounds = [round(i * len(rows) / k) for i in range(k + 1)]
@@ -183,6 +187,10 @@ class EngineFleet:
             w.generate_timed.remote(rows[bounds[i] : bounds[i + 1]], n=1, max_new_tokens=max_new_tokens, **sampling)
             for i, w in enumerate(self.engines.actors)
         ]
+        return refs, prompts, max_new_tokens, pad_id
+
+    def collect(self, handle: tuple) -> tuple[RolloutBatch, dict[str, float]]:
+        refs, prompts, max_new_tokens, pad_id = handle
         outs = self.engines.wait(refs, "generate")
         generations = [g for part, _ in outs for g in part]
         batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, generations, max_new_tokens, pad_id)

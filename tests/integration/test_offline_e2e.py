@@ -121,11 +121,12 @@ def test_mlflow_holds_the_run(sft_run, mlflow_uri):
 def test_resume_continues_from_checkpoint_to_the_same_weights(sft_run, mlflow_uri, tmp_path):
     result, out = sft_run
     ckpt = out / "checkpoints"
-    assert (ckpt / "latest").read_text().strip() == "step_000004"
+    assert (ckpt / "latest").read_text().strip() == "step_000008"  # the last step is checkpointed too
     assert (ckpt / "step_000004" / "trainer_state.json").exists()
-    # A run that crashed after its step-4 checkpoint: the same output_dir holds only the checkpoints.
+    # A run that crashed after its step-4 checkpoint: the same output_dir holds only that checkpoint.
     crashed = tmp_path / "crashed"
-    shutil.copytree(ckpt, crashed / "checkpoints")
+    shutil.copytree(ckpt / "step_000004", crashed / "checkpoints" / "step_000004")
+    (crashed / "checkpoints" / "latest").write_text("step_000004\n")
     resumed = run(crashed, mlflow_uri, *SFT, "resume=true")
     assert resumed.steps == 8
     steps = sorted(metric_history(mlflow_uri, run_id(resumed.model_dir), "train/loss"))

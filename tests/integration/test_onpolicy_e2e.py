@@ -194,13 +194,14 @@ def test_resume_continues_where_the_checkpoint_stood(tmp_path: Path) -> None:
     args = [*_short("ppo"), "algo.max_steps=4", "algo.save_every=2"]
     full, full_out = _run(tmp_path, *args, name="full")
     ckpts = full_out / "checkpoints"
-    assert (ckpts / "latest").read_text().strip() == "step_000002"
+    assert (ckpts / "latest").read_text().strip() == "step_000004"  # the last step is checkpointed too
     state = json.loads((ckpts / "step_000002" / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["algo"] == "ppo" and state["kl_coef"] > 0
     assert (ckpts / "step_000002" / "policy").is_dir() and (ckpts / "step_000002" / "critic").is_dir()
 
     resumed_out = tmp_path / "resumed"
-    shutil.copytree(ckpts, resumed_out / "checkpoints")
+    shutil.copytree(ckpts / "step_000002", resumed_out / "checkpoints" / "step_000002")
+    (resumed_out / "checkpoints" / "latest").write_text("step_000002\n")
     resumed, _ = _run(tmp_path, *args, name="resumed")
     assert resumed.steps == 4
     a, b = _weights(full.model_dir), _weights(resumed.model_dir)
