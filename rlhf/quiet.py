@@ -4,15 +4,19 @@ worker (workers read RLHF_VERBOSE, which the driver sets before Ray starts them)
 Silenced: vLLM's per-sync 'Failed to load weights' lines (VLLM_LOGGING_LEVEL=ERROR), Ray's token-auth notice,
 DeepSpeed's 'Setting accelerator to CPU', MLflow's dataset-source notice and its database-setup INFO lines,
 torch's 'requires_grad ... to a scalar' warning, UserWarning/FutureWarning/DeprecationWarning raised inside
-transformers, torch, peft, deepspeed and mlflow, and transformers' progress bars. The project's own warnings
-(rlhf.*) always show.
+transformers, torch, peft, deepspeed and mlflow, and transformers' progress bars, and DeepSpeed's bare
+'... built successfully' print of its CPU communication op (``stdout_without`` around engine setup). The
+project's own warnings (rlhf.*) always show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 
 ENV = "RLHF_VERBOSE"
 
@@ -80,6 +84,48 @@ def set_verbose(verbose: bool | None = None) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+class _LineFilter:
+    """A stdout stand-in passing every line except those starting with one of `starts`."""
+
+    def __init__(self, out, starts: tuple[str, ...]):
+        self.out, self.starts, self.partial = out, starts, ""
+
+    def write(self, text: str) -> int:
+        self.partial += text
+        *lines, self.partial = self.partial.split("\n")
+        for line in lines:
+            if not line.startswith(self.starts):
+                self.out.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.partial and not self.partial.startswith(self.starts):
+            self.out.write(self.partial)
+        self.partial = ""
+
+
+@contextlib.contextmanager
+def stdout_without(*starts: str) -> Iterator[None]:
+    """Drop stdout lines starting with one of `starts` while the block runs (third-party bare prints), unless
+    verbose."""
+    if is_verbose():
+        yield
+        return
+    f = _LineFilter(sys.stdout, starts)
+    try:
+        with contextlib.redirect_stdout(f):  # type: ignore[type-var]
+            yield
+    finally:
+        f.close()
+
+
+# DeepSpeed prints this once per process that starts an engine on CPU.
+DEEPSPEED_PRINTS = ("DeepSpeed deepspeed.ops.comm",)
 
 
 def _remove() -> None:

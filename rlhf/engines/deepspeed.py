@@ -11,6 +11,7 @@ from typing import Any, Optional
 from rlhf.config.algo import TrainConfig
 from rlhf.config.engine import EngineConfig
 from rlhf.engines import checkpoint as ckpt
+from rlhf.quiet import DEEPSPEED_PRINTS, stdout_without
 
 
 def ds_config(
@@ -163,9 +164,10 @@ class TrainEngine:
             dtype=dtype,
             max_grad_norm=train.max_grad_norm,
         )
-        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
-        )
+        with stdout_without(*DEEPSPEED_PRINTS):
+            self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            )
         # Resume reads DeepSpeed's state files without unpickling arbitrary objects.
         from rlhf.engines.safe_load import restrict_loading
 
@@ -299,6 +301,7 @@ def build_frozen(model, *, engine: EngineConfig, world_size: int, dtype: str, mi
         max_grad_norm=1.0,
         train=False,
     )
-    eng, *_ = deepspeed.initialize(model=model, config=config)
+    with stdout_without(*DEEPSPEED_PRINTS):
+        eng, *_ = deepspeed.initialize(model=model, config=config)
     eng.eval()
     return eng
