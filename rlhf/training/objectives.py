@@ -17,6 +17,7 @@ import torch
 from rlhf.algos.logprobs import token_logprobs
 from rlhf.algos.preference import dpo_loss, kto_loss
 from rlhf.algos.reward import pairwise_loss
+from rlhf.models.ring_attention import get_ring, packed_token_logps, sequence_scores
 
 
 @dataclass
@@ -42,11 +43,15 @@ def _forward(model, batch: dict):
 
 
 def _forward_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Per-token log-probs of the next token [B, T-1], the shifted loss mask, and the MoE aux loss if any."""
-    out = _forward(model, batch)
-    logits = out.logits[:, :-1]
-    labels = batch["input_ids"][:, 1:]
-    logps = token_logprobs(logits, labels)
+    """Per-token log-probs of the next token [B, T-1], the shifted loss mask, and the MoE aux loss if any.
+    With ring attention (model.ring_attn_size > 1) the packed row is split over the ring and the log-probs
+    gathered back: the same [1, T-1] on every rank of the ring."""
+    ring = get_ring()
+    if ring is not None:
+        logps, out = packed_token_logps(model, ring, batch)
+    else:
+        out = _forward(model, batch)
+        logps = token_logprobs(out.logits[:, :-1], batch["input_ids"][:, 1:])
     mask = batch["loss_mask"][:, 1:].to(logps.dtype)
     aux = getattr(out, "aux_loss", None)
     return logps, mask, aux
@@ -100,8 +105,12 @@ def reward_model_objective(
             "data.packing=true is not supported for reward models (the score head pools one token per row); "
             "set data.packing=false"
         )
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    scores = out.logits.squeeze(-1).float()
+    ring = get_ring()
+    if ring is not None:
+        scores = sequence_scores(model, ring, batch["input_ids"], batch["attention_mask"])
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        scores = out.logits.squeeze(-1).float()
     b = scores.shape[0] // 2
     chosen, rejected = scores[:b], scores[b:]
     margin = batch.get("margin")

@@ -228,14 +228,47 @@ def packed_response_logps(
 ):
     """`rlhf.training.sequences.response_logps` on a packed micro-batch: log-probs (and entropy) [n, width] in the
     padded layout, 0 on padding, and the router's aux loss if any."""
+    from rlhf.models.ring_attention import get_ring
     from rlhf.training.sequences import token_logps_and_entropy
 
+    ring = get_ring()
+    if ring is not None:
+        return _ring_response_logps(model, ring, packed, temperature, with_entropy, entropy_grad)
     out, cut = packed_forward(model, packed, keep_logits=True)
     logits = out.logits if cut else out.logits[:, packed.keep]
     lp, ent = token_logps_and_entropy(
         logits, packed.labels[None], temperature, with_entropy=with_entropy, entropy_grad=entropy_grad
     )
     return packed.scatter(lp), (packed.scatter(ent) if ent is not None else None), getattr(out, "aux_loss", None)
+
+
+def _ring_response_logps(model, ring, packed: PackedRows, temperature, with_entropy, entropy_grad):
+    """`packed_response_logps` with the packed row split over the ring (rlhf/models/ring_attention.py): each
+    rank's head runs on the response positions of its own chunk, and the values are gathered over the row."""
+    from rlhf.models.ring_attention import forward_chunk, split
+    from rlhf.training.sequences import accepts_kwarg, token_logps_and_entropy
+
+    chunk = split(ring, packed.input_ids, position_ids=packed.position_ids, seq_lens=packed.seq_lens)
+    mine = (packed.keep >= chunk.start) & (packed.keep < chunk.stop)
+    local = packed.keep[mine] - chunk.start
+    n = int(local.numel())
+    # A chunk without response positions still runs one through the head: its values reach the loss through
+    # the gather, so its backward (and the ring's K/V gradient exchange inside it) runs like every other rank's.
+    pos = local if n else torch.zeros(1, dtype=torch.long, device=local.device)
+    labels = packed.labels[mine] if n else torch.zeros(1, dtype=packed.labels.dtype, device=local.device)
+    cut = accepts_kwarg(model, "logits_to_keep")
+    out = forward_chunk(model, chunk, **({"logits_to_keep": pos} if cut else {}))
+    logits = out.logits if cut else out.logits[:, pos]
+    lp, ent = token_logps_and_entropy(
+        logits, labels[None], temperature, with_entropy=with_entropy, entropy_grad=entropy_grad
+    )
+    width = chunk.stop - chunk.start
+
+    def whole(values: torch.Tensor) -> torch.Tensor:
+        row = torch.zeros(width, dtype=values.dtype, device=values.device).index_put((pos[:n],), values[0, :n])
+        return packed.scatter(chunk.gather(row[None])[0, packed.keep])
+
+    return whole(lp), (whole(ent) if ent is not None else None), getattr(out, "aux_loss", None)
 
 
 def packed_response_values(critic, packed: PackedRows) -> torch.Tensor:
