@@ -26,6 +26,7 @@ from rlhf.memory import (
     rollout_memory,
     training_memory,
 )
+from rlhf.rollout.backends import BACKENDS, has_engines
 
 
 class PlanError(ValueError):
@@ -431,7 +432,7 @@ def _critic_estimators() -> set[str]:
 
 def _check_choices(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
     _choice(problems, "placement.mode", cfg.placement.mode, {"colocated", "separate"})
-    _choice(problems, "rollout.backend", cfg.rollout.backend, {"hf", "vllm"})
+    _choice(problems, "rollout.backend", cfg.rollout.backend, set(BACKENDS))
     _choice(problems, "rollout.sync", cfg.rollout.sync, {"auto", "ipc", "nccl"})
     _choice(problems, "tracking.backend", cfg.tracking.backend, {"mlflow", "none"})
     _choice(problems, "engine.dtype", cfg.engine.dtype, {"auto", "bf16", "fp16", "fp32"})
@@ -511,13 +512,13 @@ def _roles(cfg, spec, total_gpus, reference, critic, problems, notes) -> tuple[l
             roles.append(RolePlan("critic", max(cfg.placement.critic_gpus or cfg.hw.cpu_workers, 1), 0.0, "cpu"))
         for n in reward_models:
             roles.append(RolePlan(f"reward.{n}", 1, 0.0, "cpu"))
-        if onpolicy and cfg.rollout.backend == "vllm":
+        if onpolicy and has_engines(cfg.rollout.backend):
             roles.append(RolePlan("rollout", cfg.rollout.num_engines, 0.0, "cpu"))
         return roles, max(cfg.hw.cpu_workers, 1)
 
     p = cfg.placement
     ro = cfg.rollout
-    vllm = onpolicy and ro.backend == "vllm"
+    vllm = onpolicy and has_engines(ro.backend)
     engine_gpus = ro.num_engines * ro.tensor_parallel_size if vllm else 0
     if p.mode == "separate" and not onpolicy:
         notes.append(f"placement=separate has no effect for {spec.name}: its roles share every GPU")
@@ -1008,7 +1009,7 @@ def _fill_layout(
 ) -> None:
     """vLLM engines and tensor parallelism, and the GPU split of placement=separate."""
     ro, p = cfg.rollout, cfg.placement
-    vllm = spec.family == "onpolicy" and ro.backend == "vllm" and total_gpus > 0
+    vllm = spec.family == "onpolicy" and has_engines(ro.backend) and total_gpus > 0
     gpu = cfg.hw.gpu_memory_gb
     for k in ("critic_gpus", "ref_gpus", "reward_gpus"):
         if getattr(p, k) is None and (p.mode != "separate" or spec.family != "onpolicy"):
@@ -1167,7 +1168,7 @@ def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, ch
         getattr(e, k) is None for k in ("zero_stage", "gradient_checkpointing", "offload_optimizer", "offload_params")
     )
     micro_auto = a.micro_batch_per_gpu is None
-    vllm = spec.family == "onpolicy" and ro.backend == "vllm"
+    vllm = spec.family == "onpolicy" and has_engines(ro.backend)
     util_auto = vllm and ro.gpu_memory_utilization is None
     if not vllm:
         _fill_rollout_defaults(cfg)

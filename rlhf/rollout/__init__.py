@@ -4,7 +4,7 @@ Driver side (``base.Rollout``): the on-policy loop asks its rollout for response
 looks at the backend's name. Two shapes exist:
 
 * ``InPolicyRollout``: the policy ranks generate, each with its own ``Generator`` (HF generate on the trained
-  module, or an in-process vLLM engine on the rank's GPU) built from ``registry.BACKENDS``.
+  module, or an in-process vLLM engine on the rank's GPU) built from ``backends.BACKENDS``.
 * ``FleetRollout``: separate engine actors (``rlhf.workers.rollout.RolloutWorker``) fed by a weight broadcast.
 
 Worker side (``base.Generator``): what a policy rank holds to answer ``generate``; ``hf.HFGenerator`` and

@@ -1,47 +1,17 @@
 """The one table from ``rollout.backend`` to code, and the driver-side rollouts built from it.
 
-A backend names the ``Generator`` a policy rank holds when it generates in-process (``placement=colocated``,
-or a backend without separate engines) and, optionally, the worker class of separate engines
-(``placement=separate``). A new engine (e.g. SGLang) is a module with its generator (and worker), a row here
-and its conf/rollout/<name>.yaml.
+A backend (its row in rlhf/rollout/backends.py) names the ``Generator`` a policy rank holds when it generates
+in-process (``placement=colocated``, or a backend without separate engines) and, optionally, the worker class
+of separate engines (``placement=separate``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Optional
 
+from rlhf.rollout.backends import backend
 from rlhf.rollout.base import Rollout, Timings
 from rlhf.types import PromptBatch, RolloutBatch
-
-
-@dataclass(frozen=True)
-class Backend:
-    # "module:function" building a policy rank's Generator: f(worker) -> Generator.
-    in_policy: str
-    # "module:Class" of a separate engine actor (RolloutWorker-like), None: always in the policy ranks.
-    separate: Optional[str] = None
-    # The engine holds its own copy of the weights: synced after every update, and checked at the end of the
-    # run (greedy outputs against the trainer's forward).
-    own_weights: bool = False
-
-
-BACKENDS: dict[str, Backend] = {
-    "hf": Backend("rlhf.rollout.registry:hf_generator"),
-    "vllm": Backend(
-        "rlhf.rollout.registry:colocated_vllm", separate="rlhf.workers.rollout:RolloutWorker", own_weights=True
-    ),
-}
-
-
-def backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(
-            f"rollout.backend={name!r} is not one of {sorted(BACKENDS)}; pick rollout=<name> (conf/rollout/<name>.yaml)"
-        ) from None
 
 
 def uses_separate_engines(rollout_cfg, placement_mode: str) -> bool:

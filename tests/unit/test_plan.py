@@ -158,3 +158,23 @@ def test_packing_is_refused_for_reward_models_but_not_sft():
     with pytest.raises(PlanError, match=r"data.packing=true with algo=rm.*data.packing=false"):
         resolve_plan(typed("algo=rm", "data.packing=true"))
     assert resolve_plan(typed("algo=sft", "data.packing=true")).world_size == 1
+
+
+def test_a_new_rollout_backend_row_is_all_the_planner_needs(monkeypatch):
+    """A backend added to rlhf/rollout/backends.py is accepted by the planner and, when it holds its own
+    weights, planned as engines exactly like vLLM; an unknown name is refused naming the table's choices."""
+    from rlhf.rollout import backends
+
+    monkeypatch.setitem(backends.BACKENDS, "engine_x", backends.Backend("m:f", separate="m:W", own_weights=True))
+    monkeypatch.setitem(backends.BACKENDS, "inline_x", backends.Backend("m:g"))
+    base = ("algo=grpo", "model=qwen2_5_7b", "hw=h200x8", "rollout=vllm")
+    vllm = resolve_plan(typed(*base))
+    run = typed(*base)
+    engine_x = resolve_plan(_with(run, rollout=dict(backend="engine_x")))
+    assert engine_x.role("rollout").num_workers == vllm.role("rollout").num_workers == 8
+    assert [(m.role, m.total_gib) for m in engine_x.memory] == [(m.role, m.total_gib) for m in vllm.memory]
+    inline = resolve_plan(_with(run, rollout=dict(backend="inline_x")))
+    assert inline.role("rollout") is None  # the policy ranks generate
+    with pytest.raises(PlanError) as info:
+        resolve_plan(_with(run, rollout=dict(backend="sglang")))
+    assert any("rollout.backend" in p and "engine_x" in p and "vllm" in p for p in info.value.problems)
