@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "conf" / "bench"
+REPO = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO / "conf" / "bench"
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Workload:
     report: str = "step"
     # cpu | cuda: where it is meant to run (a cuda workload on a machine without GPUs is refused).
     device: str = "cuda"
+    # `{repo}` stands for the project's root (data files shipped under benchmarks/).
     overrides: List[str] = field(default_factory=list)
 
 
@@ -53,4 +55,5 @@ def load(name: str) -> Workload:
         raise ValueError(f"{path}: device={w.device!r}; allowed: cpu, cuda")
     if w.warmup_steps < 0 or w.measure_steps < 1:
         raise ValueError(f"{path}: warmup_steps >= 0 and measure_steps >= 1 needed")
+    w.overrides = [o.replace("{repo}", str(REPO)) for o in w.overrides]
     return w

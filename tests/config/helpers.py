@@ -16,8 +16,9 @@ from rlhf.config.preflight import CONF_DIR, compose_config
 # The groups of conf/ this suite composes option by option; a new folder must be added here (and tested).
 GROUPS = ("algo", "model", "data", "hw", "placement", "engine", "rollout", "reward", "tracking")
 # Folders of conf/ without a schema: `tuning/<algo>_<model>_<hw>.yaml` files (package _global_) picked by the
-# primary defaults list; tests/config/test_tuning.py composes and plans each one.
-UNTYPED_GROUPS = ("tuning",)
+# primary defaults list; tests/config/test_tuning.py composes and plans each one. `bench/<name>.yaml` benchmark
+# workloads (rlhf/bench/workloads.py); tests/config/test_bench_workloads.py composes and plans each one.
+UNTYPED_GROUPS = ("tuning", "bench")
 
 
 def tuning_files() -> list[str]:
