@@ -59,6 +59,14 @@ class RolePlan:
     train_batch_samples: int = 0
     # Added to the run seed, with the rank: rank r of this role seeds with `seed + seed_offset + r`.
     seed_offset: int = 0
+    # Ranks that split one sequence (model.ring_attn_size; the trained actor and the reference inside it): the
+    # role's processes are dp_ranks x ring_attn_size, and the ranks of one ring see the same samples.
+    ring_attn_size: int = 1
+
+    @property
+    def processes(self) -> int:
+        """The role's data-parallel ranks times the ranks of each ring (what DeepSpeed averages over)."""
+        return self.dp_ranks * self.ring_attn_size
 
     @property
     def trained(self) -> bool:
@@ -233,6 +241,10 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     _fill_layout(cfg, spec, total_gpus, critic, reference, chosen)
     roles, actor_gpus = _roles(cfg, spec, total_gpus, reference, critic, problems, notes)
     world = actor_gpus if device == "cuda" else max(hw.cpu_workers, 1)
+    ring_problems = __import__("rlhf.config.validate", fromlist=["_"]).ring_attn_problems(cfg, spec, world)
+    problems += ring_problems
+    ring = cfg.model.ring_attn_size if not ring_problems and cfg.model.ring_attn_size > 1 else 1
+    world //= ring  # data-parallel ranks: the ranks of one ring see the same samples
     roles = [replace(r, name_or_path=models.get(r.role.split(".")[0])) for r in roles]
     _fill_scale(cfg, spec, world, chosen)
     if device == "cuda":
@@ -258,6 +270,9 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         rollout_samples, updates = _check_rollout(cfg, micro, world, problems)
     if grad_accum:
         roles = _with_batches(roles, micro, grad_accum, tbs, world, problems)
+        if ring > 1:
+            roles = [replace(r, ring_attn_size=ring) if "actor" in (r.role, r.hosted_in) else r for r in roles]
+            notes.append(f"ring attention: each packed row split over {ring} ranks, {world} data-parallel rank(s)")
 
     memory: tuple[MemoryEstimate, ...] = ()
     if device == "cuda" and micro >= 1:
@@ -599,6 +614,9 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
     shape = _shape(cfg)
     e = cfg.engine
     lora = cfg.model.lora
+    # Ring attention: ZeRO shards over every process, while each holds the activations of 1/ring of a row.
+    ring = max(cfg.model.ring_attn_size, 1)
+    procs = world * ring
     lora_fraction = 1.0
     base_bytes = None
     if lora.rank > 0:
@@ -614,10 +632,10 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
     pairs = 2 if spec.task == "pair" else 1
     bytes_per_param = 4 if dtype == "fp32" else 2
     common = dict(
-        dp_size=world,
+        dp_size=procs,
         zero_stage=e.zero_stage,
         micro_batch=cfg.algo.micro_batch_per_gpu * pairs,
-        seq_len=seq,
+        seq_len=-(-seq // ring),
         gradient_checkpointing=e.gradient_checkpointing,
         offload_optimizer=e.offload_optimizer,
         offload_params=e.offload_params,
@@ -629,20 +647,20 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
     ref_plan = next((r for r in roles if r.role == "ref"), None)
     if reference:
         own_pool = ref_plan is not None and ref_plan.pool == "ref"
-        shards = (ref_plan.num_workers if own_pool else world) if e.zero_stage == 3 else 1
+        shards = (ref_plan.num_workers if own_pool else procs) if e.zero_stage == 3 else 1
         by_role["ref"] = inference_memory(
             "ref",
             _role_shape(cfg, "ref"),
             shards=shards,
             micro_batch=common["micro_batch"],
-            seq_len=seq,
+            seq_len=common["seq_len"] if ref_plan is not None and ref_plan.hosted_in == "actor" else seq,
             bytes_per_param=bytes_per_param,
             zero3=e.zero_stage == 3,
         )
     if critic:
         # The critic trains over its own GPUs (placement=separate) and has a value head instead of the LM head.
         critic_plan = next((r for r in roles if r.role == "critic"), None)
-        critic_dp = critic_plan.num_workers if critic_plan is not None and critic_plan.pool == "critic" else world
+        critic_dp = critic_plan.num_workers if critic_plan is not None and critic_plan.pool == "critic" else procs
         critic_micro = critic_plan.micro_batch_per_gpu if critic_plan is not None else 0
         by_role["critic"] = training_memory(
             "critic",
@@ -654,6 +672,7 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
                 base_bytes_per_param=None,
                 with_lm_head=False,
                 micro_batch=critic_micro or common["micro_batch"],
+                seq_len=seq,  # the critic runs whole rows
             ),
         )
     rollout = next((r for r in roles if r.role == "rollout"), None)

@@ -56,6 +56,11 @@ class ModelConfig:
     attn_implementation: str = "auto"
     # Mixture-of-experts router load-balancing loss coefficient (0 disables; Mixtral uses 0.02).
     moe_aux_loss_coef: float = 0.0
+    # Ring attention (sequence parallelism, rlhf/models/ring_attention.py): each packed row of the trained model
+    # is split over this many consecutive ranks, which see the same samples (data-parallel ranks = processes /
+    # ring_attn_size). 1: no split. ring_head_stride: key/value heads gathered at a time (divides their count).
+    ring_attn_size: int = 1
+    ring_head_stride: int = 1
     lora: LoraConfig = field(default_factory=LoraConfig)
     # Architecture numbers for the planner (memory estimate), as in the model's HF config.json; None: read from
     # the model (rlhf/models/arch.py). model_type is that file's `model_type` (llama, qwen2, mixtral): it lets

@@ -126,3 +126,54 @@ def generate_problems(g) -> list[str]:
     if g.batch_size < 1:
         problems.append(f"generate.batch_size={g.batch_size} must be >= 1")
     return problems
+
+
+# Offline objectives whose loss reads only per-token log-probs or the reward model's score (what a ring split
+# gathers back); PRM reads logits at placeholders and KD whole-vocabulary logits: not split.
+RING_OBJECTIVES = ("sft", "dpo", "kto", "reward_model")
+
+
+def ring_attn_problems(cfg, spec, processes: int) -> list[str]:
+    """Problems of model.ring_attn_size / model.ring_head_stride for `spec` (an AlgoSpec) trained over
+    `processes` ranks (GPUs, or CPU processes)."""
+    m = cfg.model
+    size, stride = m.ring_attn_size, m.ring_head_stride
+    problems: list[str] = []
+    if size < 1:
+        problems.append(f"model.ring_attn_size={size} must be >= 1 (1: sequences are not split over ranks)")
+    if stride < 1:
+        problems.append(f"model.ring_head_stride={stride} must be >= 1 (key/value heads gathered at a time)")
+    if size <= 1 or stride < 1:
+        return problems
+    if processes % size:
+        ok = [d for d in range(1, processes + 1) if processes % d == 0]
+        problems.append(
+            f"model.ring_attn_size={size} must divide the {processes} rank(s) of the trained model (hw={cfg.hw.name}); "
+            f"use model.ring_attn_size in {ok}"
+        )
+    kv = m.num_kv_heads or m.num_heads
+    if kv and kv % stride:
+        ok = [d for d in range(1, kv + 1) if kv % d == 0]
+        problems.append(
+            f"model.ring_head_stride={stride} must divide the model's {kv} key/value heads; use one of {ok}"
+        )
+    if m.moe_aux_loss_coef > 0:
+        problems.append(
+            f"model.ring_attn_size={size} with model.moe_aux_loss_coef={m.moe_aux_loss_coef}: the router loss is "
+            "not additive over a row's chunks; set model.moe_aux_loss_coef=0 or model.ring_attn_size=1"
+        )
+    if spec.family == "onpolicy":
+        if not getattr(cfg.algo, "pack_sequences", False):
+            problems.append(
+                f"model.ring_attn_size={size} splits packed rows: set algo.pack_sequences=true (the policy's "
+                "log-prob and training passes then run one packed row per micro-batch)"
+            )
+    elif spec.objective not in RING_OBJECTIVES:
+        problems.append(
+            f"model.ring_attn_size={size} is not supported with algo={spec.name} (its {spec.objective} loss reads "
+            f"whole-row logits); ring attention trains {', '.join(RING_OBJECTIVES)} objectives: set "
+            "model.ring_attn_size=1"
+        )
+    elif not spec.sequence_classifier and not cfg.data.packing:
+        problems.append(f"model.ring_attn_size={size} splits packed rows: set data.packing=true")
+    return problems

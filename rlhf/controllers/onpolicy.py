@@ -557,12 +557,12 @@ class _Loop:
             if name in self.roles
         ]
         refs = {
-            name: self.roles[name].submit(method, per_rank=[(s,) for s in batch.split(len(self.roles[name]))])
+            name: self.roles[name].submit(method, per_rank=[(s,) for s in self._shards(name, batch.split)])
             for name, method in calls
         }
         out = {}
         for name, method in calls:
-            out[name] = torch.cat(self.roles[name].wait(refs[name], method))
+            out[name] = torch.cat(self._one_per_ring(name, self.roles[name].wait(refs[name], method)))
             # Each role's finishing time from the common start.
             self.gen_info[f"timing/logprobs_{name}_done_s"] = time.time() - tic
         return out["actor"], out.get("ref"), out.get("critic")
@@ -635,11 +635,8 @@ class _Loop:
         )
         # Entropy is a pass over the vocabulary: logged every algo.log_every steps (always part of its loss).
         log_entropy = a.log_every <= 1 or (step + 1) % a.log_every == 0
-        refs = {
-            "actor": self.roles["actor"].submit(
-                "train", per_rank=[(m, log_entropy) for m in per_rank(minis, len(self.roles["actor"]))]
-            )
-        }
+        shards = self._shards("actor", lambda n: per_rank(minis, n))
+        refs = {"actor": self.roles["actor"].submit("train", per_rank=[(m, log_entropy) for m in shards])}
         if "critic" in self.roles:
             refs["critic"] = self.roles["critic"].submit(
                 "train", per_rank=[(m,) for m in per_rank(minis, len(self.roles["critic"]))]
@@ -648,6 +645,20 @@ class _Loop:
         for name, r in refs.items():
             stats.update(combine_rank_metrics(self.roles[name].wait(r, "train")))
         return stats
+
+    def _ring(self, role: str) -> int:
+        rp = self.plan.role(role)
+        return rp.ring_attn_size if rp is not None else 1
+
+    def _shards(self, role: str, split) -> list:
+        """Each rank's part of the role's work: `split(data-parallel ranks)`, every part repeated for the ranks of
+        its ring (model.ring_attn_size; the data-parallel rank of a rank is rank // ring)."""
+        ring = self._ring(role)
+        return [part for part in split(len(self.roles[role]) // ring) for _ in range(ring)]
+
+    def _one_per_ring(self, role: str, outs: list) -> list:
+        """The ranks of a ring return the same rows: keep the first rank's."""
+        return outs[:: self._ring(role)]
 
     def _metrics(self, step: int, batch, raw, scores, old, adv_stats: dict, more: dict, times: dict) -> dict:
         from rlhf.algos.logprobs import masked_mean

@@ -150,7 +150,8 @@ def packed_attention_kwargs(
     positions = position_ids_for(seq_lens, total_len)
     if device is not None:
         positions = positions.to(device)
-    if "flash" in attn_implementation:
+    if "flash" in attn_implementation or attn_implementation == "rlhf_ring":
+        # Ring attention (rlhf/models/ring_attention.py) builds its own mask for its chunk from the sample lengths.
         return {"position_ids": positions}
     if attn_implementation in ("sdpa", "eager"):
         if not dtype.is_floating_point:

@@ -106,7 +106,7 @@ class TrainEngine:
             engine=engine,
             micro_batch=role.micro_batch_per_gpu,
             grad_accum=role.grad_accum,
-            world_size=role.dp_ranks,
+            world_size=role.processes,  # ranks x ring attention: DeepSpeed averages over every process
             dtype=dtype,
             total_steps=total_steps,
             lr=lr,

@@ -23,6 +23,7 @@ class PolicyWorker(TrainedRole):
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         from rlhf.models.loading import load_causal_lm, load_tokenizer
+        from rlhf.models.ring_attention import install, setup_ring
         from rlhf.rollout.registry import make_generator, uses_separate_engines
         from rlhf.rollout.weights import WeightSender
 
@@ -32,6 +33,10 @@ class PolicyWorker(TrainedRole):
         self.seed_everything(plan.rank_seed(self.role, self.rank))
         self.tokenizer = load_tokenizer(s.model, padding_side="left")
         model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
+        # Ring attention (model.ring_attn_size): the controller gives the ranks of a ring the same rows; each
+        # packed row of the log-prob and training passes is split over them (rlhf/training/packing_rl.py).
+        if setup_ring(self.role_plan.ring_attn_size, s.model.ring_head_stride, plan.device) is not None:
+            install(model)
         self.engine = self._engine(model)
         self.eos_ids = _eos_ids(self.engine.module, self.tokenizer)
         self.sender = WeightSender(self.engine.module, zero3=s.engine.zero_stage == 3, dtype=plan.dtype)
@@ -202,7 +207,8 @@ class PolicyWorker(TrainedRole):
                 if weight is not None:
                     add("train/tis_ratio_mean", tis["tis_ratio_mean"] * frac)
                     add("train/tis_clip_frac", tis["tis_clip_frac"] * frac)
-        n = max(len(minibatches), 1)
+        # The ranks of a ring train the same rows, each computing their whole loss: one share per ring.
+        n = max(len(minibatches), 1) * self.role_plan.ring_attn_size
         keys = list(sums)
         values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).reshape(()) for k in keys]).tolist()
         out = {k: v / n for k, v in zip(keys, values)}

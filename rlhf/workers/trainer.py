@@ -51,6 +51,7 @@ class TrainerWorker(StepState, RankWorker):
         from rlhf.data.datasets import build_dataset
         from rlhf.engines.deepspeed import TrainEngine, build_frozen
         from rlhf.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer
+        from rlhf.models.ring_attention import install
         from rlhf.training.objectives import OBJECTIVES
         from rlhf.training.steps import step_counts
 
@@ -60,6 +61,7 @@ class TrainerWorker(StepState, RankWorker):
         # Every rank seeds alike (offset 0 without its rank): DeepSpeed starts all replicas from rank 0's weights.
         self.seed_everything(plan.rank_seed("actor", 0))
         self.role_plan = plan.role("actor")
+        self._setup_ring(plan.device)
         self.algo_spec = get_algo(s.algo.name)
         self.objective = OBJECTIVES[self.algo_spec.objective]
         self.tokenizer = load_tokenizer(s.model)
@@ -86,6 +88,8 @@ class TrainerWorker(StepState, RankWorker):
             )
         else:
             model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
+        if self.ring is not None:
+            install(model)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.engine = TrainEngine.for_role(
@@ -101,10 +105,12 @@ class TrainerWorker(StepState, RankWorker):
 
                 ref_cfg = replace(s.model, name_or_path=ref_path)
             ref = load_causal_lm(ref_cfg, dtype=plan.dtype, device=plan.device, trainable=False)
+            if self.ring is not None:
+                install(ref)
             self.ref = build_frozen(
                 ref,
                 engine=s.engine,
-                world_size=self.role_plan.dp_ranks,
+                world_size=self.role_plan.processes,
                 dtype=plan.dtype,
                 micro_batch=self.role_plan.micro_batch_per_gpu,
             )
@@ -120,6 +126,20 @@ class TrainerWorker(StepState, RankWorker):
             "setup_s": time.time() - t0,
         }
 
+    def _setup_ring(self, device: str) -> None:
+        """Ring attention (model.ring_attn_size): the ranks of one ring take the same samples (data-parallel rank
+        rank // ring) and split each packed row; their metrics are divided by the ring size, since each rank
+        of a ring computes the whole row's loss from the gathered log-probs."""
+        from rlhf.models.ring_attention import setup_ring
+
+        size = self.role_plan.ring_attn_size
+        self.ring = setup_ring(size, self.spec.model.ring_head_stride, device)
+        self.dp_rank, self.dp_size = self.rank // size, self.role_plan.dp_ranks
+
+    def _ring_share(self, sums: dict) -> dict:
+        size = self.role_plan.ring_attn_size
+        return {k: v / size for k, v in sums.items()} if size > 1 else dict(sums)
+
     # ---- batches -------------------------------------------------------------------------------------
     def _step_indices(self, step: int) -> tuple[list[list[int]], list[int]]:
         """This rank's micro-batches of global step `step` (deterministic, so resume needs only the step)."""
@@ -128,7 +148,7 @@ class TrainerWorker(StepState, RankWorker):
         r = self.role_plan
         chunk = step_items(len(self.train_ds), r.train_batch_samples, self.steps_per_epoch, self.spec.seed, step)
         per_rank = r.micro_batch_per_gpu * r.grad_accum
-        mine = chunk[self.rank * per_rank : (self.rank + 1) * per_rank]
+        mine = chunk[self.dp_rank * per_rank : (self.dp_rank + 1) * per_rank]
         m = r.micro_batch_per_gpu
         return [mine[i * m : (i + 1) * m] for i in range(r.grad_accum)], chunk
 
@@ -193,7 +213,8 @@ class TrainerWorker(StepState, RankWorker):
         micro, chunk = self._step_indices(step)
         counts = self._counts(self.train_ds, chunk)
         per_rank = self.role_plan.micro_batch_per_gpu * self.role_plan.grad_accum
-        counts = self._prepass(self.train_ds, chunk, range(self.rank * per_rank, (self.rank + 1) * per_rank), counts)
+        mine = range(self.dp_rank * per_rank, (self.dp_rank + 1) * per_rank)
+        counts = self._prepass(self.train_ds, chunk, mine, counts)
         scale = self.engine.loss_scale
         sums: dict[str, float] = defaultdict(float)
         info: dict[str, float] = {}
@@ -212,7 +233,7 @@ class TrainerWorker(StepState, RankWorker):
             info = self.engine.step() or info
             for k, v in metrics.items():
                 sums[k] += float(v)
-        out = dict(sums)
+        out = self._ring_share(sums)
         if self.rank == 0:
             out.update({f"train/{k}": v for k, v in info.items()})
             out["timing/step_s"] = time.time() - t0
@@ -229,7 +250,7 @@ class TrainerWorker(StepState, RankWorker):
         self.engine.eval()
         idx = list(range(n))
         counts = StepCounts(tokens=float(sum(self._loss_tokens(i) for i in idx)), samples=float(n))
-        mine = idx[self.rank :: self.world_size]
+        mine = idx[self.dp_rank :: self.dp_size]
         m = self.role_plan.micro_batch_per_gpu
         sums: dict[str, float] = defaultdict(float)
         with torch.no_grad():
@@ -247,7 +268,7 @@ class TrainerWorker(StepState, RankWorker):
                 )
                 for k, v in metrics.items():
                     sums["eval/" + k.split("/", 1)[1]] += float(v)
-        return dict(sums)
+        return self._ring_share(sums)
 
     def _loss_tokens(self, i: int) -> int:
         from rlhf.training.batches import loss_tokens
