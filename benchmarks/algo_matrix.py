@@ -131,14 +131,15 @@ def cases(model: str, d: dict[str, Path], steps: int, vllm: bool) -> dict[str, l
         "eval.max_prompts=32",
     ]
     m = f"model.name_or_path={model}"
+    uf = ["data.sources.train.split=train_prefs", "data.sources.train.eval_split=test_prefs"]
     return {
         "sft_alpaca": ["algo=sft", m, f"data.train={d['alpaca']}", *small],
         "sft_sharegpt": ["algo=sft", m, f"data.train={d['sharegpt']}", *small],
         "dpo_hh": ["algo=dpo", m, f"data.train={d['hh']}", *small],
-        "dpo_ultrafeedback": ["algo=dpo", m, f"data.train={d['ultrafeedback']}", *small],
+        "dpo_ultrafeedback": ["algo=dpo", m, f"data.train={d['ultrafeedback']}", *uf, *small],
         "ipo_hh": ["algo=ipo", m, f"data.train={d['hh']}", *small],
         "kto_mix": ["algo=kto", m, f"data.train={d['kto']}", *small],
-        "rm_ultrafeedback": ["algo=rm", m, f"data.train={d['ultrafeedback']}", *small],
+        "rm_ultrafeedback": ["algo=rm", m, f"data.train={d['ultrafeedback']}", *uf, *small],
         "grpo_gsm8k": ["algo=grpo", m, f"data.train=json@{d['gsm8k']}", *rl],
         "gspo_gsm8k": ["algo=gspo", m, f"data.train=json@{d['gsm8k']}", *rl],
         "ppo_gsm8k": ["algo=ppo", m, f"data.train=json@{d['gsm8k']}", *rl],

@@ -5,8 +5,14 @@ Source forms (`SourceConfig.path`):
 - `rows.jsonl`: one JSON object per line, read line by line so a bad line is reported as `rows.jsonl:17`;
 - `rows.json`: a list of objects (a `.json` file holding JSON lines is read as JSON lines);
 - `rows.parquet`: read with pyarrow; rows are reported as `rows.parquet:row 12` (0-based);
-- a directory: its `.jsonl`/`.json`/`.parquet` files, sorted by name; when some file names start with the split
-  name (`train.jsonl`, `test-00001.parquet`) only those are read;
+- `rows.jsonl.gz`, `rows.json.gz`: the same, gzip-compressed (Anthropic/hh-rlhf ships `train.jsonl.gz`);
+- a directory, for instance a data set downloaded from the hub (`huggingface-cli download <org/name>
+  --repo-type dataset --local-dir <dir>` or a git clone): when its README.md declares `configs:` (the hub's
+  own description of which files hold which split), those globs decide, with `hub_config` naming the config
+  where there are several; else every data file below it (hidden folders left out) whose split name, the file
+  name up to its first `-` (`train-00000-of-00002.parquet`, `test.jsonl`), equals the split; a folder whose
+  files name no split is one split; near misses (`train_prefs`, `train_sft` for `train`) are listed, not
+  guessed;
 - `json@./dir`: the OpenRLHF spelling of the same thing;
 - `asset:<name>`: a data set shipped in `rlhf/assets/data/` (a file, with or without its suffix, or a directory
   holding train/test files);
@@ -29,7 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from rlhf.config.data import SourceConfig
 from rlhf.data.errors import BadRow, DataError, RowError
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 BAD_ROW_POLICIES = ("skip", "error")
 ORIGIN_KEY = "_origin"
 # Split names that mark a file as belonging to one split; a directory whose files carry none of them is one split.
@@ -170,7 +176,7 @@ def _resolve_asset(name: str, asset: str) -> Path:
     shipped = sorted(
         f"asset:{p.name if p.is_dir() else p.stem}"
         for p in (root.iterdir() if root.is_dir() else [])
-        if p.is_dir() or p.suffix in DATA_SUFFIXES
+        if p.is_dir() or is_data_file(p)
     )
     raise DataError(
         f"no shipped data set 'asset:{asset}' in {root}",
@@ -186,12 +192,11 @@ def split_available(name: str, src: SourceConfig, split: str, path: Optional[str
     local = _resolve_local(name, str(src.path if path is None else path))
     if local is None:
         return _hub_has_split(str(src.path if path is None else path), split, src.hub_config)
-    if local.is_file():
-        return split == src.split
-    files = [p for p in local.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES]
-    if any(p.stem.startswith(split) for p in files):
-        return True
-    return split == src.split and not any(p.stem.startswith(_SPLIT_WORDS) for p in files)
+    try:
+        _files_for_split(name, local, split, src)
+    except _NoSplit:
+        return False
+    return True
 
 
 def _hub_has_split(path: str, split: str, config: Optional[str]) -> bool:
@@ -204,37 +209,175 @@ def _hub_has_split(path: str, split: str, config: Optional[str]) -> bool:
         return True
 
 
+class _NoSplit(DataError):
+    """The source exists but holds no rows for the split asked for."""
+
+
+def is_data_file(p: Path) -> bool:
+    return p.name.endswith(DATA_SUFFIXES)
+
+
+def _stem(p: Path) -> str:
+    """The file name without its data suffix (`train.jsonl.gz` -> `train`)."""
+    name = p.name
+    suffix = next((x for x in sorted(DATA_SUFFIXES, key=len, reverse=True) if name.endswith(x)), "")
+    return name[: len(name) - len(suffix)]
+
+
+def _split_name(p: Path) -> str:
+    """The split a file belongs to by the hub's naming: the stem up to its first `-`."""
+    return _stem(p).split("-", 1)[0]
+
+
+def _data_files_below(root: Path) -> List[Path]:
+    """Data files under `root`, hidden folders (.git, .cache) left out, in a stable order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames) if is_data_file(Path(f))]
+    return found
+
+
+def _readme_configs(root: Path) -> Optional[Dict[str, Dict[str, List[str]]]]:
+    """`configs:` of a hub data set's README.md front matter: {config: {split: [glob, ...]}}, or None."""
+    readme = root / "README.md"
+    if not readme.is_file():
+        return None
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return None
+    end = text.find("\n---", 3)
+    if end < 0:
+        return None
+    import yaml
+
+    try:
+        meta = yaml.safe_load(text[3:end]) or {}
+    except yaml.YAMLError:
+        return None
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    if not isinstance(configs, list):
+        return None
+    out: Dict[str, Dict[str, List[str]]] = {}
+    for c in configs:
+        if not isinstance(c, dict):
+            continue
+        files = c.get("data_files")
+        splits: Dict[str, List[str]] = {}
+        if isinstance(files, str):
+            splits["train"] = [files]
+        elif isinstance(files, list):
+            for f in files:
+                if isinstance(f, dict) and "split" in f:
+                    paths = f.get("path")
+                    splits[str(f["split"])] = [paths] if isinstance(paths, str) else list(paths or [])
+                elif isinstance(f, str):
+                    splits.setdefault("train", []).append(f)
+        if splits:
+            out[str(c.get("config_name", "default"))] = splits
+    return out or None
+
+
+def _files_by_readme(name: str, root: Path, split: str, src: SourceConfig, configs) -> List[Path]:
+    key = f"data.sources.{name}"
+    if src.hub_config is not None:
+        if src.hub_config not in configs:
+            raise DataError(
+                f"'{root}' has no config '{src.hub_config}' (its README.md declares {sorted(configs)})",
+                source=name,
+                key=f"{key}.hub_config",
+                hint=f"use one of {sorted(configs)}",
+            )
+        chosen = src.hub_config
+    elif len(configs) == 1:
+        chosen = next(iter(configs))
+    elif "default" in configs:
+        chosen = "default"
+    else:
+        raise DataError(
+            f"'{root}' declares several configs in its README.md: {sorted(configs)}",
+            source=name,
+            key=f"{key}.hub_config",
+            hint=f"pick one: {key}.hub_config={sorted(configs)[0]} (as load_dataset(path, '<config>') would)",
+        )
+    splits = configs[chosen]
+    if split not in splits:
+        raise _NoSplit(
+            f"'{root}' (config '{chosen}') has no split '{split}'; its splits: {list(splits)}",
+            source=name,
+            key=f"{key}.split",
+            hint=f"set {key}.split / {key}.eval_split to one of {list(splits)}",
+        )
+    files = sorted({p for pattern in splits[split] for p in root.glob(pattern) if p.is_file() and is_data_file(p)})
+    if not files:
+        raise DataError(
+            f"'{root}': no data file matches {splits[split]} (config '{chosen}', split '{split}')",
+            source=name,
+            hint="download the data files too (huggingface-cli download <name> --repo-type dataset --local-dir <dir>)",
+        )
+    return files
+
+
 def _files_for_split(name: str, local: Path, split: str, src: SourceConfig) -> List[Path]:
-    """The files of `local` that hold `split`: a single file holds one split, a directory is split by file name."""
+    """The files of `local` that hold `split`: a single file holds one split; a directory is split by its README's
+    configs, else by file name (see the module docstring)."""
+    key = f"data.sources.{name}"
     if local.is_file():
-        if local.suffix not in DATA_SUFFIXES:
+        if not is_data_file(local):
             raise DataError(
                 f"'{local}' is not a data file", source=name, hint=f"use a file ending in one of {DATA_SUFFIXES}"
             )
         if split != src.split:
             # A file cannot hold two splits; evaluating on it would evaluate on the training rows.
-            raise DataError(
+            raise _NoSplit(
                 f"'{local}' is a single file, so it has no split '{split}'",
                 source=name,
-                key=f"data.sources.{name}.eval_split",
+                key=f"{key}.eval_split",
                 hint="point the source at a directory with <split>* files, or hold rows out with data.eval_fraction",
             )
         return [local]
-    files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+    configs = _readme_configs(local)
+    if configs is not None:
+        return _files_by_readme(name, local, split, src, configs)
+    root = local
+    if src.hub_config is not None:
+        root = local / src.hub_config
+        if not root.is_dir():
+            subdirs = sorted(p.name for p in local.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise DataError(
+                f"'{local}' has no folder '{src.hub_config}' for {key}.hub_config (folders: {subdirs})",
+                source=name,
+                key=f"{key}.hub_config",
+                hint=f"use one of {subdirs}, or unset it",
+            )
+    files = _data_files_below(root)
     if not files:
         raise DataError(
-            f"directory '{local}' holds no {'/'.join(DATA_SUFFIXES)} files", source=name, hint="add data files"
+            f"directory '{root}' holds no {'/'.join(DATA_SUFFIXES)} files", source=name, hint="add data files"
         )
-    matching = [p for p in files if p.stem.startswith(split)]
+    matching = [p for p in files if _split_name(p) == split]
     if matching:
         return matching
-    if any(p.stem.startswith(_SPLIT_WORDS) for p in files) or split != src.split:
+    names = sorted({_split_name(p) for p in files})
+    near = sorted(n for n in names if n.startswith(split))
+    # Shards of one split (train_0, train_1): the same name once trailing digits and separators are dropped.
+    if near and len({n.rstrip("0123456789_.") for n in near}) == 1:
+        return [p for p in files if _split_name(p) in near]
+    if near:
         raise DataError(
-            f"directory '{local}' has no file for split '{split}' (files: {[p.name for p in files]})",
+            f"directory '{root}' has no split named '{split}' but several near it: {near}",
             source=name,
-            hint=f"name the files {split}*.jsonl, or set data.sources.{name}.split/eval_split to a split it has",
+            key=f"{key}.split",
+            hint=f"pick one: {key}.split={near[0]} (and {key}.eval_split for the held-out split)",
         )
-    return files
+    if not any(n.startswith(_SPLIT_WORDS) for n in names) and split == src.split:
+        return files  # a folder of files that name no split is one split
+    raise _NoSplit(
+        f"directory '{root}' has no file for split '{split}' (files: {[p.name for p in files][:10]})",
+        source=name,
+        key=f"{key}.split",
+        hint=f"name the files {split}*.jsonl, or set {key}.split/eval_split to a split it has",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -300,19 +443,28 @@ class _Collector:
         self.rows.append(obj)
 
 
+def _open(file: Path):
+    """A binary reader of the file, gunzipping `.gz` files."""
+    if file.name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(file, "rb")
+    return open(file, "rb")
+
+
 def _read_file(file: Path, out: _Collector) -> None:
     shown = _display(file)
     if file.suffix == ".parquet":
         for i, obj in enumerate(_read_parquet(out.name, file, out.limit)):
             out.add(obj, f"{shown}:row {i}")
         return
-    if file.suffix == ".json":
+    if _stem(file) + ".json" == file.name.removesuffix(".gz"):
         objects = _read_json_list(out.name, file)
         if objects is not None:
             for i, obj in enumerate(objects):
                 out.add(obj, f"{shown}:row {i}")
             return
-    with open(file, "rb") as f:
+    with _open(file) as f:
         for lineno, raw in enumerate(f, 1):
             origin = f"{shown}:{lineno}"
             try:
@@ -333,7 +485,8 @@ def _read_file(file: Path, out: _Collector) -> None:
 
 def _read_json_list(name: str, file: Path) -> Optional[list]:
     """The list a `.json` file holds, or None when the file is JSON lines under a .json name."""
-    text = file.read_text(encoding="utf-8-sig")
+    with _open(file) as f:
+        text = f.read().decode("utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
