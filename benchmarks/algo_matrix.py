@@ -189,10 +189,16 @@ def main(argv=None) -> int:
     unknown = [n for n in (args.only or []) + args.skip if n not in table]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; --list shows them")
-    import ray
+    import dataclasses
 
+    import ray
+    from omegaconf import OmegaConf
+
+    from rlhf.bench.runner import GpuMemoryPoller
     from rlhf.config.cli import rewrite_argv
     from rlhf.config.preflight import compose_config
+    from rlhf.data.sources import resolve_data
+    from rlhf.plan import resolve_plan
     from rlhf.run import execute
 
     results = []
@@ -215,7 +221,18 @@ def main(argv=None) -> int:
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
-            result = execute(compose_config(rewrite_argv(full)), progress=False)
+            dcfg = compose_config(rewrite_argv(full))
+            cfg = OmegaConf.to_object(dcfg)
+            plan = resolve_plan(dataclasses.replace(cfg, data=resolve_data(cfg.data)))
+            # The planner's per-GPU estimate (its largest pool) beside the whole GPU's measured peak.
+            row["planned_gib"] = round(max((m.total_gib for m in plan.memory), default=0.0), 2)
+            row["plan"] = {
+                "chosen": list(plan.chosen),
+                "memory": [(m.role, round(m.total_gib, 2)) for m in plan.memory],
+            }
+            with GpuMemoryPoller() as poller:
+                result = execute(dcfg, progress=False)
+            row["gpu_peak_gib"] = round(poller.peak_mib / 1024, 2)
             row.update(ok=True, steps=result.steps, eval={k: v for k, v in result.eval.items() if "/" in k})
         except BaseException as e:  # noqa: BLE001 - every case is reported, the next one runs
             if isinstance(e, KeyboardInterrupt):
@@ -231,13 +248,13 @@ def main(argv=None) -> int:
     dest = Path(args.results)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / f"algo_matrix_{args.hw}.json").write_text(json.dumps(results, indent=1, default=str))
-    print("\ncase                 result   wall_s  steps  eval")
+    print("\ncase                 result   wall_s  steps  planned/measured GiB  eval")
     for r in results:
         ev = {k: round(v, 3) for k, v in (r.get("eval") or {}).items() if isinstance(v, float)}
         shown = {k: v for k, v in ev.items() if k.startswith("eval/") and ("accuracy" in k or "loss" in k)}
         print(
             f"{r['case']:<20} {'ok' if r['ok'] else 'FAILED':<8} {r['wall_s']:>6} {r.get('steps', '-'):>6}  "
-            f"{shown or r.get('error', '')[:150]}"
+            f"{r.get('planned_gib', '-')}/{r.get('gpu_peak_gib', '-'):<14} {shown or r.get('error', '')[:150]}"
         )
     return 0 if all(r["ok"] for r in results) else 1
 
