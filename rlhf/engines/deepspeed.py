@@ -271,8 +271,18 @@ def save_pretrained_atomic(module, final_dir: Path, tokenizer=None, state_dict=N
         state_dict = None
     if state_dict is not None:
         state_dict = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    with torch.no_grad():
-        model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+    config = getattr(model, "config", None)
+    router = getattr(config, "output_router_logits", False)
+    try:
+        # The router aux loss is a training setting: a saved MoE model generates with router logits off (its
+        # loss over a KV-cached step does not fit the full-length mask).
+        if router:
+            config.output_router_logits = False
+        with torch.no_grad():
+            model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+    finally:
+        if router:
+            config.output_router_logits = True
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     for name, content in (extra_files or {}).items():

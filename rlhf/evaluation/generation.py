@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 
 from rlhf.evaluation.driver import Completion, Sampling
+from rlhf.rollout.hf import no_router_loss
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class HFGenerate:
                     pad_token_id=pad,
                     eos_token_id=self.eos,
                     **kwargs,
+                    **no_router_loss(self.model),
                 )
             for resp in out[:, width:].tolist():
                 texts.append(self._completion(resp, sampling.max_new_tokens))

@@ -10,6 +10,12 @@ from rlhf.rollout.base import Timings
 from rlhf.types import PromptBatch, RolloutBatch
 
 
+def no_router_loss(model) -> dict:
+    """generate() kwargs turning a mixture-of-experts model's router loss off (it is computed against the whole
+    attention mask, which a KV-cached step's router logits do not match); none for other models."""
+    return {"output_router_logits": False} if getattr(model.config, "output_router_logits", False) else {}
+
+
 class HFGenerator:
     """``engine`` is the policy's TrainEngine (its ``module`` generates, on its ``device``)."""
 
@@ -48,6 +54,7 @@ class HFGenerator:
                     use_cache=True,
                     return_dict_in_generate=True,
                     output_logits=True,
+                    **no_router_loss(module),
                 )
             resp = out.sequences[:, x.shape[1] :]
             logits = torch.stack(out.logits, dim=1).float()

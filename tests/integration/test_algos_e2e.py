@@ -9,6 +9,7 @@ gap falls, weights move, the saved folder reloads with `from_pretrained`, MLflow
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +181,34 @@ def test_sampling_rounds_train_from_the_previous_round_each_a_child_run(tmp_path
     kept = [json.loads(x) for x in (tmp_path / "round_1" / "data.jsonl").read_text().splitlines()]
     assert set(kept[0]) == ({"prompt", "chosen", "rejected"} if algo == "iterative_dpo" else {"prompt", "response"})
     assert "eval/reward_mean" in result.eval
+
+
+def test_moe_grpo_generates_with_its_router_loss_on_and_saves_a_model_that_generates(tmp_path, mlflow_uri):
+    """model=tiny_moe (Mixtral-style, router aux loss 0.02): HF generate inside training must not compute the
+    router loss over a KV-cached step (it failed on the mask's shape), the experts train, and the saved model
+    generates after from_pretrained."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = run(
+        tmp_path,
+        mlflow_uri,
+        "model=tiny_moe",
+        "algo=grpo",
+        "algo.max_steps=2",
+        "algo.prompts_per_step=4",
+        "algo.train_batch_samples=16",
+        "rollout.max_new_tokens=8",
+        "data.sources.tiny_math.max_samples=32",
+        "eval.max_prompts=8",
+    )
+    from rlhf.models.loading import resolve_path
+
+    start, after = weights(resolve_path("tiny:mixtral")), weights(result.model_dir)
+    experts = [k for k in start if ".experts." in k]
+    assert experts and [k for k in experts if not torch.equal(start[k], after[k])]
+    config = json.loads((Path(result.model_dir) / "config.json").read_text())
+    assert config["output_router_logits"] is False
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    tok = AutoTokenizer.from_pretrained(result.model_dir)
+    out = model.generate(**tok(["What is 3 * 0?"], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > 0
