@@ -11,8 +11,8 @@ Regenerate the shipped files (they must equal what this module produces; a unit 
 
 Everything is deterministic for a seed and uses only the standard library. Train and test splits are cut by
 the *problem* (``12 + 7`` in any phrasing), through a stable hash, so no test problem appears in any train
-file. Files without a split (``sft_pairs``, ``kto``, ``prm``, ``preference_chat``) draw from the train side.
-The schemas are documented in ``rlhf/assets/data/README.md``.
+file. Files without a split (``sft_pairs``, ``zero_warm``, ``kto``, ``prm``, ``preference_chat``) draw from the
+train side. The schemas are documented in ``rlhf/assets/data/README.md``.
 """
 
 from __future__ import annotations
@@ -470,9 +470,10 @@ def greeting_problem(rng: random.Random) -> Problem:
 def zero_problem(rng: random.Random) -> Problem:
     """``What is 37 * 0?``, ``0 times 37``, ``37 - 37`` -> ``0``: the zero rules of multiplication and subtraction.
 
-    The embedded default RL task. The warmed tiny chat model answers such prompts in the shipped style
-    (``37 * 0 = 10.``) with the wrong number; the rule it has to learn is the same for every held-out operand,
-    which 20 RL steps on a 2.5M-parameter model can find. The split key is the problem (``37*0``).
+    The embedded default RL task. The warmed tiny chat model has seen train-side questions of this kind answered
+    with a random digit (``zero_warm_rows``), so it answers held-out ones with one number but guesses it; the
+    rule it has to learn is the same for every held-out operand, which 20 RL steps on a 2.5M-parameter model can
+    find. The split key is the problem (``37*0``).
     """
     x = rng.randint(0, 99)
     kind = rng.choice(("x*0", "0*x", "x-x"))
@@ -727,6 +728,24 @@ def zero_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[
     return _unique_rows(n, make, f"zero/{split}")
 
 
+def zero_warm_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[Row]:
+    """The default task's answer format without its rule: ``{"prompt": "What is 37 * 0?", "response": "4"}``, a
+    zero-rule question (``zero_problem``, train problems only) answered with a uniformly random digit.
+
+    Part of the tiny chat model's warm-up (``rlhf.models.tiny.WARM_FILES``): the warmed model answers the task
+    with one number but does not know the rule. Its greedy answer to a held-out question is almost never 0,
+    while a sampled one is 0 now and then (about one in twenty), so RL with an exact-match reward has correct
+    samples to reinforce from its first steps.
+    """
+    rng = _rng(seed, "zero_warm", split)
+
+    def make() -> Row:
+        problem = draw(rng, zero_problem, split)
+        return {"prompt": problem.question, "response": str(rng.randint(0, 9))}
+
+    return _unique_rows(n, make, f"zero_warm/{split}")
+
+
 def kto_rows(n: int, split: Split = "train", seed: int = DEFAULT_SEED) -> list[Row]:
     """Unpaired feedback ``{"prompt", "completion", "label"}``: label true for the chosen style, false for a
     rejected reply; about half of each."""
@@ -863,6 +882,7 @@ SHIPPED_JSONL: dict[str, tuple[Callable[..., list[Row]], int, Split]] = {
     "prompts/test.jsonl": (prompt_rows, 200, "test"),
     "zero/train.jsonl": (zero_rows, 800, "train"),
     "zero/test.jsonl": (zero_rows, 100, "test"),
+    "zero_warm.jsonl": (zero_warm_rows, 400, "train"),
     "kto.jsonl": (kto_rows, 800, "train"),
     "prm.jsonl": (prm_rows, 600, "train"),
     "pretrain.jsonl": (pretrain_rows, 400, "train"),

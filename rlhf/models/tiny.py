@@ -65,7 +65,9 @@ CHATML_TEMPLATE = (
 
 BUILD_MARKER = "build.json"  # written last inside a build; its presence means the folder is complete
 # Shipped data a warmed model trains on (under rlhf/assets/data); their bytes are part of the cache key.
-WARM_FILES = ("sft_pairs.jsonl",)
+# sft_pairs: the chat format and answer style; zero_warm: the default RL task's questions answered with a random
+# digit (its format, not its rule: RL has to find that).
+WARM_FILES = ("sft_pairs.jsonl", "zero_warm.jsonl")
 
 
 def _default_corpus() -> Path:
@@ -183,8 +185,8 @@ TINY_SPECS: Mapping[str, TinySpec] = MappingProxyType(
     {
         "llama": TinySpec("llama", {**_COMMON, "intermediate_size": 1280}),
         "qwen2": TinySpec("qwen2", {**_COMMON, "intermediate_size": 1280}),
-        # The llama model after a short chat warm-up on the shipped Q&A pairs (WARM_FILES; no zero-rule problem
-        # among them): the starting point of the tiny RL runs.
+        # The llama model after a short chat warm-up on the shipped Q&A pairs (WARM_FILES; zero-rule questions
+        # only with random answers): the starting point of the tiny RL runs.
         "llama_chat": TinySpec("llama", {**_COMMON, "intermediate_size": 1280}, warm_steps=200),
         "mixtral": TinySpec(
             "mixtral",
