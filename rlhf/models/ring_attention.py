@@ -290,7 +290,7 @@ def ring_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: query [B, H, chunk, D], key/value [B, Hkv, chunk, D] -> output
     [B, chunk, H, D]. Plain SDPA outside a ring forward."""
-    chunk = _ACTIVE
+    chunk = kwargs.pop("ring_chunk", None) or _ACTIVE
     if chunk is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -350,9 +350,14 @@ def _gathered_forward(chunk: RingChunk, q, k, v, dropout: float, scaling: Option
 
 # ---- forwards of a split row (the hooks of the objectives and the policy) ---------------------------------
 def forward_chunk(model, chunk: RingChunk, **kwargs):
-    """The model's output on this rank's chunk (logits [B, chunk, ...]), attention over the ring."""
+    """The model's output on this rank's chunk (logits [B, chunk, ...]), attention over the ring.
+
+    The chunk also travels as a keyword argument, which transformers hands down to the attention function:
+    gradient checkpointing recomputes a layer in backward, after this block has exited, with the same keywords."""
     with chunk.active():
-        return model(input_ids=chunk.input_ids, position_ids=chunk.position_ids, use_cache=False, **kwargs)
+        return model(
+            input_ids=chunk.input_ids, position_ids=chunk.position_ids, use_cache=False, ring_chunk=chunk, **kwargs
+        )
 
 
 def packed_token_logps(model, ring: RingGroup, batch: dict):

@@ -71,7 +71,7 @@ def _packed_batch():
     return batch
 
 
-def _check_sft(path: str, ring) -> dict:
+def _check_sft(path: str, ring, checkpointing: bool = False) -> dict:
     from rlhf.models.ring_attention import clear_ring, install
     from rlhf.training import objectives
 
@@ -90,6 +90,9 @@ def _check_sft(path: str, ring) -> dict:
 
     model = _model(path)
     install(model)
+    if checkpointing:  # layers recomputed in backward, after the ring forward has returned
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     lp, mask2, _ = objectives._forward_logps(model, batch)
     (-(lp * mask2 * weights).sum()).backward()
     grads = _ring_grads(model, ring.group)
@@ -99,6 +102,10 @@ def _check_sft(path: str, ring) -> dict:
         "logp": float((lp - ref_lp).detach().abs().max()),
         "grad": _max_diff(grads, ref_grads),
     }
+
+
+def _sft_checkpointing(path: str, ring) -> dict:
+    return _check_sft(path, ring, checkpointing=True)
 
 
 def _check_rl(path: str, ring) -> dict:
@@ -174,7 +181,13 @@ def _worker(rank: int, world: int, rings: list, port: int, path: str, out) -> No
 
         results = {}
         for size, stride in rings:
-            for name, check in (("sft", _check_sft), ("rl", _check_rl), ("rm", _check_rm)):
+            checks = (
+                ("sft", _check_sft),
+                ("sft+checkpointing", _sft_checkpointing),
+                ("rl", _check_rl),
+                ("rm", _check_rm),
+            )
+            for name, check in checks:
                 results[(size, stride, name)] = check(path, setup_ring(size, stride))
                 clear_ring()
         out.put((rank, results))
