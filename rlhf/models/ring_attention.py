@@ -305,9 +305,9 @@ def _flash_forward(chunk: RingChunk, q, k, v, dropout: float, scaling: Optional[
 
     cu_q, cu_k, max_q, max_k, k_slice = chunk.flash_params()
     out = llama3_flash_attn_varlen_func(
-        q[0].transpose(0, 1),  # [chunk, H, D]
-        k[0].transpose(0, 1),
-        v[0].transpose(0, 1),
+        q[0].transpose(0, 1).contiguous(),  # [chunk, H, D]
+        k[0].transpose(0, 1).contiguous(),
+        v[0].transpose(0, 1).contiguous(),
         cu_q.to(q.device),
         cu_k.to(q.device),
         max_q,
