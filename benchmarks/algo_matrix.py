@@ -131,7 +131,7 @@ def cases(model: str, d: dict[str, Path], steps: int, vllm: bool) -> dict[str, l
         "eval.max_prompts=32",
     ]
     m = f"model.name_or_path={model}"
-    uf = ["data.sources.train.split=train_prefs", "data.sources.train.eval_split=test_prefs"]
+    uf = ["data.split=train_prefs", "data.eval_split=test_prefs"]
     return {
         "sft_alpaca": ["algo=sft", m, f"data.train={d['alpaca']}", *small],
         "sft_sharegpt": ["algo=sft", m, f"data.train={d['sharegpt']}", *small],
@@ -148,7 +148,7 @@ def cases(model: str, d: dict[str, Path], steps: int, vllm: bool) -> dict[str, l
         "kd": ["algo=kd", m, f"algo.teacher.name_or_path={model}", f"data.train={d['alpaca']}", *small],
         "csft": ["algo=csft", m, *small],
         "rejection_sampling": ["algo=rejection_sampling", m, "algo.rounds=1", *rollout],
-        "iterative_dpo": ["algo=iterative_dpo", m, "algo.iterations=1", *rollout],
+        "iterative_dpo": ["algo=iterative_dpo", m, "algo.iterations=1", *rollout, *small],
         "moe_sft": ["algo=sft", "model=tiny_moe", *small],
         "moe_dpo": ["algo=dpo", "model=tiny_moe", *small],
         "moe_grpo": ["algo=grpo", "model=tiny_moe", *rollout, "algo.prompts_per_step=16", "algo.samples_per_prompt=4"],

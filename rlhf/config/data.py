@@ -66,6 +66,12 @@ class DataConfig:
     eval: Optional[str] = None
     # Row format of data.train (None: detected).
     format: Optional[str] = None
+    # The split, held-out split and hub config of data.train (or of a preset's one source), as in SourceConfig:
+    # `data.train=<ultrafeedback folder> data.split=train_prefs data.eval_split=test_prefs`,
+    # `data.train=<gsm8k folder> data.hub_config=main`. None: the source's own.
+    split: Optional[str] = None
+    eval_split: Optional[str] = None
+    hub_config: Optional[str] = None
     # Default prompt template of every source (see SourceConfig.prompt_template); applied before the chat
     # template, to string prompts.
     prompt_template: Optional[str] = None

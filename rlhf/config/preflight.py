@@ -467,6 +467,11 @@ def _unknown_entry(key: str, text: str, overrides: list[str], config_name: str) 
     entries = sorted(node.keys()) if hasattr(node, "keys") else []
     msg = f"'{parent}' has no entry '{leaf}'"
     msg += f" (entries: {', '.join(entries)})" if entries else " (it is empty)"
+    if parent == "data.sources" and leaf == "train" and any(_override_key(o) == "data.train" for o in overrides):
+        return msg + (
+            "\ndata.train becomes the source 'train' only after composition; describe it with data.split=, "
+            "data.eval_split=, data.hub_config=, data.format= or data.eval="
+        )
     hint = difflib.get_close_matches(leaf, entries, n=1)
     if hint:
         return msg + f". Did you mean '{parent}.{hint[0]}'?"

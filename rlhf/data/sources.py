@@ -25,7 +25,8 @@ def resolve_data(data: DataConfig) -> DataConfig:
     named format (data=hh_rlhf, data=gsm8k, ...), it keeps that source (format, splits, keys) and changes only
     its path, so a preset works with a local copy of its files.
     """
-    if data.train is None and data.eval is None and data.format is None:
+    describing = {k: getattr(data, k) for k in ("split", "eval_split", "hub_config") if getattr(data, k) is not None}
+    if data.train is None and data.eval is None and data.format is None and not describing:
         return data
     preset = {n: s for n, s in data.sources.items() if not s.added}
     added = {n: s for n, s in data.sources.items() if s.added}
@@ -38,12 +39,12 @@ def resolve_data(data: DataConfig) -> DataConfig:
         else:
             sources = {TRAIN_SOURCE: SourceConfig(path=str(data.train)), **added}
         preset = {n: sources[n] for n in sources if n not in added}
-    elif data.eval is not None and len(sources) != 1:
+    elif (data.eval is not None or describing) and len(sources) != 1:
+        key = "data.eval" if data.eval is not None else f"data.{next(iter(describing))}"
         raise DataError(
-            "data.eval names the held-out rows of data.train, but data.train is not set and the "
-            f"preset has {len(sources)} sources",
-            key="data.eval",
-            hint="set data.train=<path> too, or data.sources.<name>.eval_path=<path> for one source",
+            f"{key} describes data.train, but data.train is not set and the preset has {len(sources)} sources",
+            key=key,
+            hint="set data.train=<path> too, or data.sources.<name>.<field> for one source",
         )
     # data.format and data.eval describe data.train (or the preset's one source).
     target = preset if data.train is not None else sources
@@ -62,8 +63,17 @@ def resolve_data(data: DataConfig) -> DataConfig:
             changes["format"] = data.format
         if data.eval is not None:
             changes["eval_path"] = str(data.eval)
+        changes.update(describing)
         sources[name] = dataclasses.replace(src, **changes)
-    return dataclasses.replace(data, sources=sources, train=None, eval=None, format=None)
+    elif describing:
+        raise DataError(
+            f"data.{next(iter(describing))} describes data.train, but there are {len(target)} sources",
+            key=f"data.{next(iter(describing))}",
+            hint="set data.sources.<name>.split / eval_split / hub_config on each source instead",
+        )
+    return dataclasses.replace(
+        data, sources=sources, train=None, eval=None, format=None, split=None, eval_split=None, hub_config=None
+    )
 
 
 def keys_of(src: SourceConfig) -> Dict[str, str]:

@@ -124,3 +124,40 @@ def test_shards_of_one_split_are_read_together(tmp_path):
     for i in range(2):
         (tmp_path / f"train_{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(f"s{i}", 2)))
     assert len(read_source("x", SourceConfig(path=str(tmp_path)), "train").rows) == 4
+
+
+def _uf_messages(tag: str, n: int) -> list[dict]:
+    def turn(q, a):
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+    return [
+        {"prompt": f"{tag} {i}?", "chosen": turn(f"{tag} {i}?", "yes"), "rejected": turn(f"{tag} {i}?", "no")}
+        for i in range(n)
+    ]
+
+
+def test_data_split_options_describe_data_train(tmp_path):
+    """`data.train=<downloaded folder> data.split=... data.eval_split=...`: the command-line spelling for a data
+    set whose splits are not called train/test; the per-source key is refused with this advice."""
+    from omegaconf import OmegaConf
+
+    from rlhf.config.cli import rewrite_argv
+    from rlhf.config.preflight import ConfigError, compose_config
+    from rlhf.data.check import check_run_data
+    from rlhf.data.sources import resolve_data
+
+    root = tmp_path / "ultrafeedback_binarized"
+    for split, n in (("train_prefs", 40), ("train_sft", 40), ("test_prefs", 6)):
+        _parquet(root / "data" / f"{split}-00000-of-00001.parquet", _uf_messages(split, n))
+    (root / "README.md").write_text(UF_README)
+    args = ["tracking=none", "algo=dpo", f"data.train={root}"]
+    cfg = OmegaConf.to_object(
+        compose_config(rewrite_argv([*args, "data.split=train_prefs", "data.eval_split=test_prefs"]))
+    )
+    src = resolve_data(cfg.data).sources["train"]
+    assert (src.split, src.eval_split, src.path) == ("train_prefs", "test_prefs", str(root))
+    report = check_run_data(cfg)
+    assert [(s.format, s.good) for s in report.sources] == [("ultrafeedback", 40)]
+    with pytest.raises(ConfigError) as err:
+        compose_config(rewrite_argv([*args, "data.sources.train.split=train_prefs"]))
+    assert "data.split=" in str(err.value)
