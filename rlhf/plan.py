@@ -222,6 +222,7 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     models = _fill_models(cfg, spec, problems, chosen)
     if models is None:
         raise PlanError(problems)
+    _check_positions(cfg, spec, problems)
     _check_choices(cfg, spec, problems)
     problems += __import__("rlhf.config.validate", fromlist=["_"]).run_control_problems(cfg)  # run control, eval
     dtype = cfg.engine.dtype
@@ -348,6 +349,24 @@ def _seq_len(cfg: RunConfig, spec: AlgoSpec) -> int:
     if spec.family == "onpolicy":
         return cfg.data.prompt_max_len + cfg.rollout.max_new_tokens
     return cfg.data.max_len
+
+
+def _check_positions(cfg: RunConfig, spec: AlgoSpec, problems: list[str]) -> None:
+    """Sequences longer than the model's positions: vLLM refuses them at engine start, and a trainer would read
+    rotary positions it was never trained on."""
+    limit = cfg.model.max_position_embeddings
+    seq = _seq_len(cfg, spec)
+    if not limit or seq <= limit:
+        return
+    if spec.family == "onpolicy":
+        parts = f"data.prompt_max_len={cfg.data.prompt_max_len} + rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
+        fix = f"rollout.max_new_tokens={max(limit - cfg.data.prompt_max_len, 1)} or lower data.prompt_max_len"
+    else:
+        parts, fix = f"data.max_len={cfg.data.max_len}", f"data.max_len={limit}"
+    problems.append(
+        f"sequences of {seq} tokens ({parts}) exceed the {limit} positions of {cfg.model.name_or_path} "
+        f"(model.max_position_embeddings); set {fix}"
+    )
 
 
 def _with_batches(roles, micro: int, grad_accum: int, tbs: int, world: int, problems: list[str]) -> list[RolePlan]:

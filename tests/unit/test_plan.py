@@ -178,3 +178,14 @@ def test_a_new_rollout_backend_row_is_all_the_planner_needs(monkeypatch):
     with pytest.raises(PlanError) as info:
         resolve_plan(_with(run, rollout=dict(backend="sglang")))
     assert any("rollout.backend" in p and "engine_x" in p and "vllm" in p for p in info.value.problems)
+
+
+def test_sequences_longer_than_the_models_positions_are_refused_with_the_fix():
+    # tiny_moe holds 1024 positions; rollout=vllm asks 1024 new tokens after 64-token prompts: 1088.
+    with pytest.raises(PlanError) as info:
+        resolve_plan(typed("algo=grpo", "model=tiny_moe", "rollout=vllm", "hw=h100x1"))
+    (problem,) = [p for p in info.value.problems if "positions" in p]
+    assert "sequences of 1088 tokens" in problem and "rollout.max_new_tokens=960" in problem
+    assert resolve_plan(typed("algo=grpo", "model=tiny_moe", "rollout=vllm", "hw=h100x1", "rollout.max_new_tokens=960"))
+    with pytest.raises(PlanError, match=r"data.max_len=2048\) exceed the 1024 positions .*; set data.max_len=1024$"):
+        resolve_plan(typed("algo=sft", "model=tiny", "data.max_len=2048"))
