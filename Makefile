@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -e ".[test,launchers,lint]"
+	$(PYTHON) -m pip install -e ".[test,launchers,lint,quant]"
 	@mkdir -p $(dir $@) mlruns && touch $@
 
 # The embedded default: a tiny model built offline, trained on CPU, tracked in ./mlruns/mlflow.db.

@@ -268,6 +268,10 @@ def save_pretrained_atomic(module, final_dir: Path, tokenizer=None, state_dict=N
         import copy
 
         model = copy.deepcopy(module).merge_and_unload()
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            # QLoRA: the merged model is still quantized; write it in the compute dtype so that loading it needs
+            # neither peft nor bitsandbytes (and vLLM can serve it).
+            model = model.dequantize()
         state_dict = None
     if state_dict is not None:
         state_dict = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
