@@ -26,10 +26,10 @@ plan: install
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Unit and config tests only (no Ray, no DeepSpeed, no command-line subprocesses): the loop while editing,
-# under 2 minutes.
+# Unit and config tests only (no Ray, no DeepSpeed, no command-line subprocesses, no multi-process tests): the
+# loop while editing, under 2 minutes once the tiny models are cached (two pytest workers).
 test-fast: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider -x -m 'not gpu and not faults and not cli' tests/unit tests/config \
+	$(PYTHON) -m pytest -q -p no:cacheprovider -x -n 2 -m 'not gpu and not faults and not cli and not slow' tests/unit tests/config \
 		--ignore=tests/unit/engines --ignore=tests/unit/workers $(PYTEST_ARGS)
 
 # Lint (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade), the format check and mypy on the typed core

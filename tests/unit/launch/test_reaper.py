@@ -61,6 +61,7 @@ def _alive(tree: dict[int, int]) -> list[tuple[int, str]]:
     return [(pid, st[2]) for pid, start in tree.items() if (st := _stat(pid)) is not None and st[1] == start]
 
 
+@pytest.mark.slow  # a local Ray cluster: left out of make test-fast
 def test_kill_9_of_the_driver_leaves_no_ray_process_behind() -> None:
     proc, actor_pids = _start("kill")
     try:
@@ -83,6 +84,7 @@ def test_kill_9_of_the_driver_leaves_no_ray_process_behind() -> None:
             proc.kill()
 
 
+@pytest.mark.slow
 def test_a_normal_shutdown_leaves_no_watcher_behind() -> None:
     proc, _ = _start("shutdown")
     try:

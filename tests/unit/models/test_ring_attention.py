@@ -219,6 +219,7 @@ def _run(world: int, rings: list) -> dict:
     return worst
 
 
+@pytest.mark.slow  # several processes with gloo: left out of make test-fast
 @pytest.mark.parametrize(
     "world,rings",
     [(2, [(2, 1)]), (4, [(4, 2), (2, 1)])],

@@ -45,8 +45,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dirs(cache: Path) -> dict[str, Path]:
-    return {arch: tiny_model_dir(arch, cache_dir=cache) for arch in ARCHS}
+def model_dirs() -> dict[str, Path]:
+    # The shared cache every run uses (builds are keyed by their spec digest, published atomically, never
+    # changed afterwards): a fresh build per test run cost ~45 s of warm-up. Building itself is tested below.
+    return {arch: tiny_model_dir(arch) for arch in ARCHS}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -212,8 +214,14 @@ def test_mixtral_router_aux_loss(model_dirs: dict[str, Path]) -> None:
 # Caching, determinism, concurrency
 
 
-def test_second_call_hits_the_cache(cache: Path, model_dirs: dict[str, Path]) -> None:
-    path = model_dirs["llama"]
+@pytest.fixture(scope="module")
+def llama_in_cache(cache: Path) -> Path:
+    """tiny:llama built into this module's own cache (no warm-up: a second or two)."""
+    return tiny_model_dir("llama", cache_dir=cache)
+
+
+def test_second_call_hits_the_cache(cache: Path, llama_in_cache: Path) -> None:
+    path = llama_in_cache
     record = read_build_record(path)
     weights_mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert tiny_model_dir("llama", cache_dir=cache) == path
@@ -222,18 +230,18 @@ def test_second_call_hits_the_cache(cache: Path, model_dirs: dict[str, Path]) ->
     assert path.parent == cache / "tiny" and path.name.startswith("llama-")
 
 
-def test_env_var_sets_the_cache(monkeypatch: pytest.MonkeyPatch, cache: Path, model_dirs: dict[str, Path]) -> None:
+def test_env_var_sets_the_cache(monkeypatch: pytest.MonkeyPatch, cache: Path, llama_in_cache: Path) -> None:
     monkeypatch.setenv("RLHF_CACHE", str(cache))
-    assert tiny_model_dir("llama") == model_dirs["llama"]
+    assert tiny_model_dir("llama") == llama_in_cache
 
 
-def test_spec_change_builds_a_new_dir(cache: Path, model_dirs: dict[str, Path]) -> None:
+def test_spec_change_builds_a_new_dir(cache: Path, llama_in_cache: Path) -> None:
     base = TINY_SPECS["llama"]
     shallow = tiny_model_dir(base.with_config(num_hidden_layers=1), cache_dir=cache)
     reseeded = tiny_model_dir(TinySpec(base.model_type, base.config, seed=1), cache_dir=cache)
-    assert len({shallow, reseeded, model_dirs["llama"]}) == 3
+    assert len({shallow, reseeded, llama_in_cache}) == 3
     assert AutoModelForCausalLM.from_pretrained(shallow).config.num_hidden_layers == 1
-    one, two = load_file(model_dirs["llama"] / "model.safetensors"), load_file(reseeded / "model.safetensors")
+    one, two = load_file(llama_in_cache / "model.safetensors"), load_file(reseeded / "model.safetensors")
     assert not torch.equal(one["lm_head.weight"], two["lm_head.weight"])
 
 
