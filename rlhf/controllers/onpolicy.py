@@ -675,6 +675,9 @@ class _Loop:
             "rollout/response_len_max": float(lengths.max()),
             **adv_stats,
             "rollout/logprob_mismatch": float(masked_mean(mism, mask)),
+            # The sampler's own log-prob of its tokens: how sure the generating policy was (and a fingerprint of
+            # which weights sampled the batch).
+            "rollout/sample_logp_mean": float(masked_mean(batch.rollout_logps, mask)),
             **self.gen_info,
             **{k: float(v) for k, v in more.items()},
             **times,

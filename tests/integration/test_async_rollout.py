@@ -85,16 +85,20 @@ def test_lr0_async_draws_the_synchronous_batches(tmp_path: Path) -> None:
 
 
 def test_async_batches_come_from_the_previous_weights(tmp_path: Path) -> None:
-    args = [*SHORT, "algo.max_steps=3"]
+    # An entropy bonus moves the weights at every update, also when a group's rewards are all equal (the warmed
+    # model's first batch scores the same everywhere, which gives GRPO no advantage to follow).
+    args = [*SHORT, "algo.max_steps=3", "algo.entropy_coef=0.01"]
     _, frozen = _run(tmp_path / "frozen", *args, "algo.lr=0")
     _, lag = _run(tmp_path / "async", *args, "algo.lr=1e-3", "algo.async_rollout=true")
     _, sync = _run(tmp_path / "sync", *args, "algo.lr=1e-3")
-    rewards = {name: _column(s, "rollout/reward_mean") for name, s in (("f", frozen), ("a", lag), ("s", sync))}
+    # The sampler's mean log-prob of its own tokens identifies a batch and the weights that drew it (rewards of
+    # the default task take few values, so equal rewards would not tell batches apart).
+    drawn = {name: _column(s, "rollout/sample_logp_mean") for name, s in (("f", frozen), ("a", lag), ("s", sync))}
     # Step 2's batch was sampled before the first update: the initial weights', as in the frozen run.
-    assert rewards["a"][:2] == rewards["f"][:2], rewards
+    assert drawn["a"][:2] == drawn["f"][:2], drawn
     # The synchronous step 2 samples after the first update, and the asynchronous step 3 after it too.
-    assert rewards["s"][1] != rewards["f"][1], rewards
-    assert rewards["a"][2] != rewards["f"][2], rewards
+    assert drawn["s"][1] != drawn["f"][1], drawn
+    assert drawn["a"][2] != drawn["f"][2], drawn
     # Off-policy by one update: the ratio moves away from 1.
     assert abs(lag[2]["rollout/is_ratio_mean"] - 1.0) > 1e-4
 
