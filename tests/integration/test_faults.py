@@ -267,6 +267,53 @@ def test_kill_9_of_a_role_stops_the_run_naming_it_then_resume(tmp_path, mlflow_u
     SUMMARY.append(("kill -9 of the actor role mid-step", took, max(logged - resumed_from, 0)))
 
 
+PPO = [
+    "algo=ppo",
+    "algo.samples_per_prompt=2",
+    "algo.prompts_per_step=4",
+    "algo.train_batch_samples=8",
+    "algo.micro_batch_per_gpu=4",
+    "algo.save_every=1",
+    "rollout.max_new_tokens=12",
+    "data.sources.tiny_math.max_samples=64",
+    "eval.max_prompts=8",
+]
+
+
+@pytest.mark.parametrize("title,role", [("CriticWorker", "critic"), ("ReferenceWorker", "ref")])
+def test_kill_9_of_a_ppo_role_stops_the_run_naming_it_then_resume(tmp_path, mlflow_uri, title, role):
+    """The critic and the reference model of a PPO run, killed mid-run: the run stops naming the role, leaves
+    nothing behind, and a new start in the directory resumes from the checkpoint and finishes."""
+    out = tmp_path / "run"
+    proc, log = _cli(out, mlflow_uri, *PPO, f"algo.max_steps={STEPS}")
+    try:
+        _kill_mid_step(out, proc, log)
+        tree = _tree_of(proc.pid)
+        pid = _role_pid(tree, title)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        rc = proc.wait(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert rc != 0
+    assert f"role {role} rank 0 (pid {pid} on host" in text and "its process died" in text, text[-3000:]
+    assert took < 30, took
+    _assert_nothing_left(tree)
+    rid = _run_id(out)
+    assert _status(mlflow_uri, rid) == "FAILED"
+    logged = max(metric_history(mlflow_uri, rid, "rollout/reward_mean"), default=0)
+    resumed_from = _checkpoint_step(out)
+    assert resumed_from >= 1
+    result = run(out, mlflow_uri, *PPO, f"algo.max_steps={STEPS}")
+    assert result.steps == STEPS and _run_id(out) == rid  # the same MLflow run continues
+    steps = sorted(metric_history(mlflow_uri, rid, "rollout/reward_mean"))
+    assert steps == list(range(1, STEPS + 1)), steps  # each step logged once
+    SUMMARY.append((f"kill -9 of the PPO {role} role mid-step", took, max(logged - resumed_from, 0)))
+
+
 def test_sigstop_of_a_role_stops_the_run_within_the_stall_bound(tmp_path, mlflow_uri):
     stall = 10
     out = tmp_path / "run"
