@@ -61,8 +61,50 @@ def run_control_problems(cfg) -> list[str]:
             f"stall_timeout_s={stall} must be >= 5 seconds (ranks beat every second; default 300): set "
             "stall_timeout_s=300, or more if a call can block a rank's Python for minutes"
         )
+    problems += optimizer_problems(a)
+    if hasattr(a, "samples_per_prompt"):  # the on-policy family samples with cfg.rollout
+        problems += sampling_problems(cfg.rollout, a.samples_per_prompt)
     problems += eval_problems(cfg.eval)
     problems += generate_problems(cfg.generate)
+    return problems
+
+
+def optimizer_problems(a) -> list[str]:
+    """Learning rates and schedule values no optimizer accepts (found before any process starts, not by the
+    optimizer inside a rank)."""
+    problems = []
+    for key in ("lr", "critic_lr"):
+        value = getattr(a, key, None)
+        if value is not None and value < 0:
+            problems.append(f"algo.{key}={value} must be >= 0 (null: the planner's value for the model's size)")
+    if not 0.0 <= a.warmup_ratio <= 1.0:
+        problems.append(f"algo.warmup_ratio={a.warmup_ratio} must be in [0, 1] (the share of steps that warm up)")
+    if not 0.0 <= a.min_lr_ratio <= 1.0:
+        problems.append(f"algo.min_lr_ratio={a.min_lr_ratio} must be in [0, 1]")
+    if a.weight_decay < 0:
+        problems.append(f"algo.weight_decay={a.weight_decay} must be >= 0")
+    if a.max_grad_norm <= 0:
+        problems.append(f"algo.max_grad_norm={a.max_grad_norm} must be > 0 (a large value such as 1e6 clips nothing)")
+    return problems
+
+
+def sampling_problems(ro, samples_per_prompt: int) -> list[str]:
+    """Rollout sampling settings an on-policy run cannot learn from."""
+    problems = []
+    if ro.max_new_tokens < 1:
+        problems.append(f"rollout.max_new_tokens={ro.max_new_tokens} must be >= 1 (the response length limit)")
+    if ro.temperature < 0:
+        problems.append(f"rollout.temperature={ro.temperature} must be >= 0")
+    elif ro.temperature == 0 and samples_per_prompt > 1:
+        problems.append(
+            f"rollout.temperature=0 decodes greedily: the algo.samples_per_prompt={samples_per_prompt} responses of "
+            "a prompt would all be the same, so their advantages are 0; use rollout.temperature=1.0 (or "
+            "algo.samples_per_prompt=1 for greedy rollouts)"
+        )
+    if not 0.0 < ro.top_p <= 1.0:
+        problems.append(f"rollout.top_p={ro.top_p} must be in (0, 1] (1: no nucleus cut)")
+    if ro.top_k < -1:
+        problems.append(f"rollout.top_k={ro.top_k} must be -1 or 0 (no cut), or >= 1")
     return problems
 
 

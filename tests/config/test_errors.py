@@ -261,3 +261,29 @@ def test_cli_cfg_job_prints_the_composed_config(cli):
     assert printed["algo"]["name"] == "dpo" and printed["algo"]["beta"] == 0.1
     assert list(printed["data"]["sources"]) == ["tiny_pref"]
     assert "hydra" not in printed
+
+
+def test_optimizer_and_sampling_values_no_run_can_use_are_refused_together():
+    """Found at plan time with the rest, not by the optimizer inside a rank after Ray started."""
+    run = typed(
+        "algo=grpo",
+        "algo.lr=-1",
+        "algo.warmup_ratio=1.5",
+        "algo.max_grad_norm=0",
+        "rollout.max_new_tokens=0",
+        "rollout.temperature=0",
+        "rollout.top_p=0",
+    )
+    with pytest.raises(PlanError) as info:
+        resolve_plan(run)
+    text = "\n".join(info.value.problems)
+    for key in (
+        "algo.lr=-1.0 must be >= 0",
+        "algo.warmup_ratio=1.5",
+        "algo.max_grad_norm=0",
+        "rollout.max_new_tokens=0",
+        "rollout.temperature=0 decodes greedily",
+        "rollout.top_p=0",
+    ):
+        assert key in text, (key, text)
+    assert resolve_plan(typed("algo=reinforce_pp", "algo.lr=0", "rollout.temperature=0", "algo.samples_per_prompt=1"))
