@@ -89,6 +89,8 @@ def log_objective(tracker, metric: str, value: float, higher_is_better: bool, st
 
 # Set on an MLflow run that was left RUNNING by a driver that died without ending it (kill -9, a node lost).
 TAG_END_REASON = "rlhf.end_reason"
+# The process that runs (or last resumed) an MLflow run, "<pid>@<host>": its guard acts only for that driver.
+TAG_DRIVER = "rlhf.driver"
 
 
 def close_orphaned_run(output_dir: Path, keep: Optional[str] = None) -> Optional[str]:

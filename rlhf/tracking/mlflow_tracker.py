@@ -123,6 +123,13 @@ class MLflowTracker:
                 experiment_id=self.experiment_id, run_name=run_name, tags=tags, log_system_metrics=log_system_metrics
             )
         self.run_id = self.run.info.run_id
+        # Marks the run KILLED if this process dies without ending it (rlhf/tracking/run_guard.py).
+        from rlhf.tracking.lineage import TAG_DRIVER
+        from rlhf.tracking.run_guard import driver_id, start_guard
+
+        driver = driver_id()
+        self.mlflow.set_tag(TAG_DRIVER, driver)
+        self.guard = start_guard(self.uri, self.run_id, driver)
 
     def _last_logged_steps(self, run_id: str) -> dict[str, int]:
         client = self.mlflow.tracking.MlflowClient(self.uri)
@@ -178,6 +185,8 @@ class MLflowTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
+        if self.guard is not None:
+            self.guard.release()
 
     def ui_hint(self) -> str:
         if self.uri.startswith("sqlite:///"):
