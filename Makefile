@@ -6,7 +6,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-fast test-faults lint test-vllm test-gpu test-slurm plan sweep report lineage slurm clean
+.PHONY: install run test test-fast test-faults lint test-vllm test-gpu test-slurm plan sweep report lineage slurm bench clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ test-faults: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/engines/test_checkpoint_faults.py \
 		tests/unit/engines/test_safe_load.py tests/unit/launch tests/unit/rewards/test_remote_deadline.py \
 		tests/unit/workers/test_group.py tests/unit/tracking/test_resume_logging.py
+
+# make bench BENCH="grpo_qwen0_5b ppo_qwen0_5b" [ARGS="-- hw=h100x1"]: workloads of conf/bench (python -m rlhf.bench).
+bench: install
+	$(PYTHON) -m rlhf.bench $(or $(BENCH),--list) $(ARGS)
 
 test-gpu:
 	$(PYTHON) -m pytest -q -m gpu tests/gpu

@@ -2,7 +2,7 @@
 
 Needs a CUDA build of torch and vLLM. Checks that the engine, after the last weight sync, decodes greedily as
 the trained model does, that rollout and trainer log-probs agree step by step, and that training moved the
-weights. The larger-shape numbers come from benchmarks/rl_step.py.
+weights. The larger-shape numbers come from `python -m rlhf.bench` (conf/bench).
 """
 
 from __future__ import annotations
