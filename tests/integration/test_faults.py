@@ -240,14 +240,14 @@ def test_kill_9_of_the_driver_then_resume_ends_as_the_uninterrupted_run(
 
 
 # ---- kill -9 and SIGSTOP of a role -----------------------------------------------------------------------------
-def test_kill_9_of_a_role_stops_the_run_naming_it_then_resume(tmp_path, mlflow_uri, sft_reference):
-    reference, ref_out = sft_reference
-    out = tmp_path / "run"
-    proc, log = _cli(out, mlflow_uri, *SFT, f"algo.max_steps={STEPS}")
+def _kill_role_mid_run(out: Path, mlflow_uri: str, args: list[str], title: str, role: str) -> tuple[str, float, int]:
+    """Start the run, kill -9 the role's rank mid-run; assert the run stops within 30 s naming the role, leaves
+    nothing behind and is marked FAILED. Returns (run id, seconds to the error, last step logged)."""
+    proc, log = _cli(out, mlflow_uri, *args)
     try:
         _kill_mid_step(out, proc, log)
         tree = _tree_of(proc.pid)
-        pid = _role_pid(tree, "TrainerWorker")
+        pid = _role_pid(tree, title)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         rc = proc.wait(timeout=60)
@@ -257,13 +257,22 @@ def test_kill_9_of_a_role_stops_the_run_naming_it_then_resume(tmp_path, mlflow_u
             proc.kill()
     text = log.read_text()
     assert rc != 0
-    assert f"role actor rank 0 (pid {pid} on host" in text and "its process died" in text, text[-3000:]
+    assert f"role {role} rank 0 (pid {pid} on host" in text and "its process died" in text, text[-3000:]
     assert took < 30, took
     _assert_nothing_left(tree)
     rid = _run_id(out)
     assert _status(mlflow_uri, rid) == "FAILED"
-    logged, resumed_from = max(metric_history(mlflow_uri, rid, "train/loss"), default=0), _checkpoint_step(out)
-    result = run(out, mlflow_uri, *SFT, f"algo.max_steps={STEPS}")
+    metric = "train/loss" if "algo=sft" in args else "rollout/reward_mean"
+    return rid, took, max(metric_history(mlflow_uri, rid, metric), default=0)
+
+
+def test_kill_9_of_a_role_stops_the_run_naming_it_then_resume(tmp_path, mlflow_uri, sft_reference):
+    reference, ref_out = sft_reference
+    out = tmp_path / "run"
+    args = [*SFT, f"algo.max_steps={STEPS}"]
+    rid, took, logged = _kill_role_mid_run(out, mlflow_uri, args, "TrainerWorker", "actor")
+    resumed_from = _checkpoint_step(out)
+    result = run(out, mlflow_uri, *args)
     _assert_same_run(result, reference, mlflow_uri, rid, _run_id(ref_out))
     SUMMARY.append(("kill -9 of the actor role mid-step", took, max(logged - resumed_from, 0)))
 
@@ -286,26 +295,7 @@ def test_kill_9_of_a_ppo_role_stops_the_run_naming_it_then_resume(tmp_path, mlfl
     """The critic and the reference model of a PPO run, killed mid-run: the run stops naming the role, leaves
     nothing behind, and a new start in the directory resumes from the checkpoint and finishes."""
     out = tmp_path / "run"
-    proc, log = _cli(out, mlflow_uri, *PPO, f"algo.max_steps={STEPS}")
-    try:
-        _kill_mid_step(out, proc, log)
-        tree = _tree_of(proc.pid)
-        pid = _role_pid(tree, title)
-        os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        rc = proc.wait(timeout=60)
-        took = time.monotonic() - killed
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text()
-    assert rc != 0
-    assert f"role {role} rank 0 (pid {pid} on host" in text and "its process died" in text, text[-3000:]
-    assert took < 30, took
-    _assert_nothing_left(tree)
-    rid = _run_id(out)
-    assert _status(mlflow_uri, rid) == "FAILED"
-    logged = max(metric_history(mlflow_uri, rid, "rollout/reward_mean"), default=0)
+    rid, took, logged = _kill_role_mid_run(out, mlflow_uri, [*PPO, f"algo.max_steps={STEPS}"], title, role)
     resumed_from = _checkpoint_step(out)
     assert resumed_from >= 1
     result = run(out, mlflow_uri, *PPO, f"algo.max_steps={STEPS}")
