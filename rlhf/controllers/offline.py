@@ -14,6 +14,7 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
 
     from rlhf.controllers.checkpoints import resume_checkpoint, save_checkpoint
     from rlhf.training.metrics import combine_rank_metrics as _sum
+    from rlhf.training.steps import final_checkpoint_due, saved_by_the_loop
     from rlhf.workers.cluster import ensure_ray
     from rlhf.workers.group import ActorGroup, make_placement_group
     from rlhf.workers.trainer import TrainerSpec, TrainerWorker
@@ -51,6 +52,18 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
             print(f"eval: {info['eval_data']}")
         total = info["total_steps"]
         roles = {"actor": group}
+
+        def save(step: int) -> None:
+            save_checkpoint(
+                roles,
+                output_dir,
+                step,
+                algo=a.name,
+                model=cfg.model.name_or_path,
+                state={"total_steps": total},
+                keep=a.keep_checkpoints,
+            )
+
         state = (
             resume_checkpoint(roles, output_dir, algo=cfg.algo.name, model=cfg.model.name_or_path)
             if cfg.resume
@@ -91,30 +104,11 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
             done = step + 1
             if a.eval_every and done % a.eval_every == 0 and done < total:
                 tracker.log_metrics(_sum(group.run("evaluate")), done)
-            if a.save_every and done % a.save_every == 0 and done < total:
-                save_checkpoint(
-                    roles,
-                    output_dir,
-                    done,
-                    algo=a.name,
-                    model=cfg.model.name_or_path,
-                    state={"total_steps": total},
-                    keep=a.keep_checkpoints,
-                )
+            if saved_by_the_loop(a.save_every, done, total):
+                save(done)
         planned = total
-        # The last step is checkpointed too (with save_every, and when stopped early): a kill while the final
-        # model is written resumes there instead of training again.
-        saved = a.save_every and done % a.save_every == 0 and done < planned  # by the loop
-        if done > start and (a.save_every or done < planned) and not saved:
-            save_checkpoint(
-                roles,
-                output_dir,
-                done,
-                algo=a.name,
-                model=cfg.model.name_or_path,
-                state={"total_steps": planned},
-                keep=a.keep_checkpoints,
-            )
+        if final_checkpoint_due(a.save_every, start, done, planned):
+            save(done)
         if done < planned:
             tracker.set_tags({"stopped_early": f"algo.max_time after step {done} of {planned}"})
         total = done

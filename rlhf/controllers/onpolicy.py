@@ -44,7 +44,7 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
     from rlhf.data.datasets import build_dataset
     from rlhf.models.loading import load_tokenizer
     from rlhf.rollout.registry import build_rollout
-    from rlhf.training.steps import step_counts
+    from rlhf.training.steps import final_checkpoint_due, saved_by_the_loop, step_counts
     from rlhf.workers.cluster import ensure_ray
 
     t0 = time.time()
@@ -141,17 +141,14 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
             first = first or stats
             last = stats
             bar.set_postfix(reward=f"{stats['rollout/reward_mean']:.3f}", kl=f"{stats.get('rollout/kl', 0):.3g}")
-            if a.save_every and (step + 1) % a.save_every == 0 and step + 1 < total:
+            if saved_by_the_loop(a.save_every, step + 1, total):
                 loop.save(output_dir, step + 1)
             if a.eval_every and done % a.eval_every == 0 and done < total:
                 evals_mid = loop.evaluate(eval_ds)
                 tracker.log_metrics(evals_mid, done)
                 records.write(done, evals_mid)
         planned = total
-        # The last step is checkpointed too (with save_every, and when stopped early): a kill while the final
-        # model is written resumes there instead of training again.
-        saved = a.save_every and done % a.save_every == 0 and done < planned  # by the loop
-        if done > start and (a.save_every or done < planned) and not saved:
+        if final_checkpoint_due(a.save_every, start, done, planned):
             loop.save(output_dir, done)
         if done < planned:
             tracker.set_tags({"stopped_early": f"algo.max_time after step {done} of {planned}"})

@@ -24,6 +24,18 @@ def step_counts(
     return per_epoch, total
 
 
+def saved_by_the_loop(save_every: int, done: int, total: int) -> bool:
+    """Whether the loop checkpoints after step `done` (every `save_every` steps, the last step excepted)."""
+    return bool(save_every) and done % save_every == 0 and done < total
+
+
+def final_checkpoint_due(save_every: int, start: int, done: int, planned: int) -> bool:
+    """Whether the run checkpoints its last trained step after the loop: with save_every (so a kill while the
+    final model is written resumes there instead of training again) and when it stopped early (resumable),
+    unless the loop already saved that step or nothing was trained."""
+    return done > start and (bool(save_every) or done < planned) and not saved_by_the_loop(save_every, done, planned)
+
+
 def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
     """The shuffled item order of one epoch (a function of the run seed and the epoch only)."""
     import torch

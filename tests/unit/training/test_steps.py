@@ -23,3 +23,17 @@ def test_step_items_follow_one_permutation_per_epoch():
     assert step_items(10, 4, 2, 7, 2) == order1[:4]
     # A function of (seed, epoch) only: a resumed run sees the same order.
     assert epoch_order(10, 7, 1) == order1
+
+
+def test_the_last_step_is_checkpointed_once():
+    from rlhf.training.steps import final_checkpoint_due, saved_by_the_loop
+
+    # save_every=2 over 5 steps: the loop saves 2 and 4, the run saves 5 after it.
+    assert [d for d in range(1, 6) if saved_by_the_loop(2, d, 5)] == [2, 4]
+    assert final_checkpoint_due(2, 0, 5, 5)
+    # save_every=2 over 4 steps: the loop does not save step 4 (the last), the run does, once.
+    assert not saved_by_the_loop(2, 4, 4) and final_checkpoint_due(2, 0, 4, 4)
+    # Stopped early (max_time) after step 3 of 8: saved unless the loop just did.
+    assert final_checkpoint_due(0, 0, 3, 8) and not final_checkpoint_due(3, 0, 3, 8)
+    # save_every=0 and a complete run: only the final model; nothing trained (resumed at the end): nothing.
+    assert not final_checkpoint_due(0, 0, 4, 4) and not final_checkpoint_due(2, 4, 4, 4)
