@@ -184,6 +184,21 @@ def sft_reference(tmp_path_factory, mlflow_uri):
 
 
 # ---- kill -9 of the driver -----------------------------------------------------------------------------------
+def _kill_driver_when(out: Path, mlflow_uri: str, args: list[str], when) -> None:
+    """Start the run, kill -9 its driver once `when(out, proc, log)` returns, and check that every process of the
+    run (Ray, its workers, the MLflow run's guard) is gone soon after."""
+    proc, log = _cli(out, mlflow_uri, *args)
+    try:
+        when(out, proc, log)
+        tree = _tree_of(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _assert_nothing_left(tree)
+
+
 def _kill_mid_step(out: Path, proc, log) -> None:
     # After the first checkpoint, at a random moment of a later step (seeded, so a failure replays); steps of the
     # tiny model take well under a second on an idle machine, so the moment stays within the next one or two.
@@ -211,16 +226,7 @@ def test_kill_9_of_the_driver_then_resume_ends_as_the_uninterrupted_run(
 ):
     reference, ref_out = sft_reference
     out = tmp_path / "run"
-    proc, log = _cli(out, mlflow_uri, *SFT, f"algo.max_steps={STEPS}")
-    try:
-        when(out, proc, log)
-        tree = _tree_of(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    _assert_nothing_left(tree)
+    _kill_driver_when(out, mlflow_uri, [*SFT, f"algo.max_steps={STEPS}"], when)
     rid = _run_id(out)
     logged = max(metric_history(mlflow_uri, rid, "train/loss"), default=0)
     assert _status(mlflow_uri, rid) == "KILLED"  # by the run's guard, once the driver's pipe closed
@@ -369,16 +375,14 @@ def test_onpolicy_kill_9_after_the_last_checkpoint_retrains_nothing(tmp_path, ml
     reference, ref_out = grpo_reference
     out = tmp_path / "run"
     args = [*GRPO, "algo.max_steps=2", "algo.save_every=1"]
-    proc, log = _cli(out, mlflow_uri, *args)
-    try:
-        _wait_for("the step-2 checkpoint", lambda: _checkpoint_step(out) == 2, 400, proc, log, poll_s=0.005)
-        tree = _tree_of(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    _assert_nothing_left(tree)
+    _kill_driver_when(
+        out,
+        mlflow_uri,
+        args,
+        lambda out, proc, log: _wait_for(
+            "the step-2 checkpoint", lambda: _checkpoint_step(out) == 2, 400, proc, log, poll_s=0.005
+        ),
+    )
     rid = _run_id(out)
     result = run(out, mlflow_uri, *args)
     assert result.steps == 2 and _run_id(out) == rid
@@ -398,18 +402,15 @@ def test_a_run_whose_driver_was_killed_is_marked_killed_at_once_and_a_fresh_star
     from rlhf.tracking.lineage import TAG_END_REASON
 
     out = tmp_path / "run"
-    proc, log = _cli(out, mlflow_uri, *SFT, "algo.max_steps=2", "algo.save_every=0")
-    try:
-        _wait_for(
+    # Every process gone: the run's guard included, which marks the run and exits.
+    _kill_driver_when(
+        out,
+        mlflow_uri,
+        [*SFT, "algo.max_steps=2", "algo.save_every=0"],
+        lambda out, proc, log: _wait_for(
             "step 1 logged", lambda: (out / "rlhf_run.json").exists() and _logged(mlflow_uri, out), 300, proc, log
-        )
-        tree = _tree_of(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    _assert_nothing_left(tree)  # the run's guard included: it marks the run and exits
+        ),
+    )
     rid = _run_id(out)
     killed = MlflowClient(mlflow_uri).get_run(rid)
     assert killed.info.status == "KILLED"  # with no new start in the directory
