@@ -496,11 +496,15 @@ class _Loop:
         self.version += 1
         overlap = 0.0
         if pending is not None:
+            waited = time.time()
             with t("timing/generate_s"):  # only what the update did not hide
                 nxt, nxt_info = self._collect(pending)
+            waited = time.time() - waited
             hidden = nxt_info.get("timing/generate_engine_s", 0.0)
             engine_s += hidden
-            overlap = max(hidden - t.times.get("timing/generate_s", 0.0), 0.0)
+            # Engine seconds of the next batch that ran while this step trained: its generation less the wait
+            # for it after the update (this step's own generation, on step 1, is not part of it).
+            overlap = max(hidden - waited, 0.0)
             self.ahead = (step + 1, nxt, nxt_info, self.version - 1)
         if self.rollout.checks_consistency:
             t.times["timing/weight_sync_s"] = self.sync_weights()
