@@ -151,7 +151,14 @@ def cases(model: str, d: dict[str, Path], steps: int, vllm: bool) -> dict[str, l
         "iterative_dpo": ["algo=iterative_dpo", m, "algo.iterations=1", *rollout, *small],
         "moe_sft": ["algo=sft", "model=tiny_moe", *small],
         "moe_dpo": ["algo=dpo", "model=tiny_moe", *small],
-        "moe_grpo": ["algo=grpo", "model=tiny_moe", *rollout, "algo.prompts_per_step=16", "algo.samples_per_prompt=4"],
+        "moe_grpo": [
+            "algo=grpo",
+            "model=tiny_moe",
+            *rollout,
+            "algo.prompts_per_step=16",
+            "algo.samples_per_prompt=4",
+            "rollout.max_new_tokens=960",
+        ],
         "qlora_sft": ["algo=sft", m, "model.lora.rank=16", "model.lora.load_in_4bit=true", f"data.train={d['alpaca']}"],
         "qlora_dpo": ["algo=dpo", m, "model.lora.rank=16", "model.lora.load_in_4bit=true", f"data.train={d['hh']}"],
         "qlora_grpo": [

@@ -1135,25 +1135,44 @@ _ENGINE_LADDER = (
 )
 
 
+# Without gradient checkpointing the update runs one forward pass less per micro-batch (about a quarter of its
+# FLOPs), but holds every layer's activations: worth it only while the micro-batch stays large enough to keep
+# the GPU busy. A setting without checkpointing is taken at a micro-batch of at least this many tokens (or the
+# largest micro-batch the batch allows), else the ladder goes on to the checkpointed settings.
+NO_CHECKPOINT_MIN_TOKENS = 8192
+
+
 def _engine_candidates(cfg: RunConfig) -> list[tuple[str, dict]]:
-    """The ladder restricted to what the configuration fixes (an explicit zero_stage, offload...)."""
+    """The ladder restricted to what the configuration fixes (an explicit zero_stage, offload...). Unless
+    engine.gradient_checkpointing is set, each setting without offload is tried without checkpointing (see
+    NO_CHECKPOINT_MIN_TOKENS) before it is tried with it."""
     e = cfg.engine
     out, seen = [], set()
+    ckpts = [e.gradient_checkpointing] if e.gradient_checkpointing is not None else [False, True]
     for _name, values in _ENGINE_LADDER:
-        merged = {k: (getattr(e, k) if getattr(e, k) is not None else v) for k, v in values.items()}
-        # DeepSpeed offloads only partitioned states: CPU Adam needs ZeRO >= 1, offloaded weights ZeRO-3.
-        if (merged["offload_params"] and merged["zero_stage"] != 3) or (
-            merged["offload_optimizer"] and merged["zero_stage"] == 0
-        ):
-            continue
-        ckpt = e.gradient_checkpointing if e.gradient_checkpointing is not None else True
-        merged["gradient_checkpointing"] = ckpt
-        key = tuple(sorted(merged.items()))
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append((_engine_name(merged), merged))
+        for ckpt in ckpts:
+            merged = {k: (getattr(e, k) if getattr(e, k) is not None else v) for k, v in values.items()}
+            # DeepSpeed offloads only partitioned states: CPU Adam needs ZeRO >= 1, offloaded weights ZeRO-3.
+            if (merged["offload_params"] and merged["zero_stage"] != 3) or (
+                merged["offload_optimizer"] and merged["zero_stage"] == 0
+            ):
+                continue
+            # Offload is the slow end of the ladder: it is not worth trading for the recompute.
+            if not ckpt and len(ckpts) > 1 and (merged["offload_optimizer"] or merged["offload_params"]):
+                continue
+            merged["gradient_checkpointing"] = ckpt
+            key = tuple(sorted(merged.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((_engine_name(merged), merged))
     return out
+
+
+def _min_micro_without_checkpointing(cfg: RunConfig, spec: AlgoSpec, micros: list[int]) -> int:
+    """The smallest micro-batch at which the planner takes a setting without checkpointing."""
+    seq = max(_seq_len(cfg, spec), 1)
+    return min(max(micros), -(-NO_CHECKPOINT_MIN_TOKENS // seq))
 
 
 def _engine_name(v: dict) -> str:
@@ -1214,9 +1233,17 @@ def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, ch
     micros = _micro_candidates(cfg, world) or [1]
     rejected: list[str] = []
     best = None  # (peak, engine name, engine values, micro, vLLM fraction)
-    for name, values in _engine_candidates(cfg):
+    candidates = _engine_candidates(cfg)
+    choosing_ckpt = cfg.engine.gradient_checkpointing is None
+    for name, values in candidates:
         reason = "no candidate"
         for m in micros:
+            if choosing_ckpt and not values["gradient_checkpointing"] and m < _min_micro_without_checkpointing(
+                cfg, spec, micros
+            ):
+                small = f"micro-batch {m} x {_seq_len(cfg, spec)} tokens is too small to skip the recompute"
+                reason = small if reason == "no candidate" else f"{reason} (and {small})"
+                break
             util = None
             if util_auto:
                 util = _auto_fraction(cfg, spec, values, m, roles, world, reference, critic, dtype)
@@ -1244,12 +1271,13 @@ def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, ch
                     )
                     chosen.append(f"rollout.gpu_memory_utilization={util:g} ({where})")
                 return
-        rejected.append(f"{name}: {reason} at micro-batch {micros[-1]}")
+        where = "" if "too small to skip" in reason else f" at micro-batch {micros[-1]}"
+        rejected.append(f"{name}: {reason}{where}")
         if not engine_auto:
             break
-    # Nothing fits: report the fastest setting at its smallest micro-batch, with the estimate of each remedy
-    # (rlhf/plan.py _oom_advice) and what the planner tried.
-    _name, values = _engine_candidates(cfg)[0]
+    # Nothing fits: report the fastest checkpointed setting at its smallest micro-batch, with the estimate of
+    # each remedy (rlhf/plan.py _oom_advice) and what the planner tried.
+    _name, values = next(((n, v) for n, v in candidates if v["gradient_checkpointing"]), candidates[0])
     _apply(cfg, values, micros[-1], None)
     if engine_auto or micro_auto:
         chosen.append(_NONE_FITS + "; ".join(rejected))
