@@ -168,12 +168,15 @@ def run_variant(name, overrides, args) -> dict:
     peak = getattr(cfg.hw, "peak_tflops", None)
     out["mfu"] = 6 * n_params * tokens / out["train_s"] / (peak * 1e12) if peak else None
     if name in args.profile:
-        small = minibatches(exp.select(torch.arange(min(64, args.rows))), train_batch_samples=min(64, args.rows),
-                            update_epochs=1, seed=0)
+        small = minibatches(
+            exp.select(torch.arange(min(64, args.rows))),
+            train_batch_samples=min(64, args.rows),
+            update_epochs=1,
+            seed=0,
+        )
         out["profile"] = _profile_table(lambda: w.train(small, log_entropy=False))
         print(out["profile"], flush=True)
     w.close()
-    del w
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return out
 
@@ -201,7 +204,10 @@ def run_plain(args, gc: bool = True) -> dict:
     adv = torch.randn(args.rows, 1, device=dev).expand_as(mask).contiguous()
     with torch.no_grad():
         old = torch.cat(
-            [response_logps(model, seq[i : i + micro], am[i : i + micro], args.prompt)[0] for i in range(0, args.rows, micro)]
+            [
+                response_logps(model, seq[i : i + micro], am[i : i + micro], args.prompt)[0]
+                for i in range(0, args.rows, micro)
+            ]
         )
     loss_fn = POLICY_LOSSES["ppo"]
 
@@ -209,9 +215,19 @@ def run_plain(args, gc: bool = True) -> dict:
         for i in range(0, args.rows, micro):
             sl = slice(i, i + micro)
             lp = response_logps(model, seq[sl], am[sl], args.prompt)[0]
-            loss, _ = loss_fn(lp, old[sl], adv[sl], mask[sl], clip_low=0.2, clip_high=0.2, dual_clip=None,
-                              agg="token_mean", num_tokens=float(mask.sum()), num_seqs=float(args.rows),
-                              max_len=float(args.response))
+            loss, _ = loss_fn(
+                lp,
+                old[sl],
+                adv[sl],
+                mask[sl],
+                clip_low=0.2,
+                clip_high=0.2,
+                dual_clip=None,
+                agg="token_mean",
+                num_tokens=float(mask.sum()),
+                num_seqs=float(args.rows),
+                max_len=float(args.response),
+            )
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -225,12 +241,15 @@ def run_plain(args, gc: bool = True) -> dict:
         _sync()
         if i:
             times.append(time.time() - tic)
-    out = {"variant": f"plain_torch{'_gc' if gc else ''}", "train_s": sum(times) / len(times), "train_s_all": times,
-           "micro": micro}
+    out = {
+        "variant": f"plain_torch{'_gc' if gc else ''}",
+        "train_s": sum(times) / len(times),
+        "train_s_all": times,
+        "micro": micro,
+    }
     if "plain" in args.profile:
         out["profile"] = _profile_table(update)
         print(out["profile"], flush=True)
-    del model, opt
     torch.cuda.empty_cache() if dev == "cuda" else None
     return out
 

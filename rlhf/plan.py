@@ -275,6 +275,9 @@ def resolve_plan(cfg: RunConfig) -> Plan:
             roles = [replace(r, ring_attn_size=ring) if "actor" in (r.role, r.hosted_in) else r for r in roles]
             notes.append(f"ring attention: each packed row split over {ring} ranks, {world} data-parallel rank(s)")
 
+    if grad_accum and onpolicy and device == "cuda" and ring == 1 and algo.max_tokens_per_micro is None:
+        _fill_token_budget(cfg, spec, roles, chosen)
+
     memory: tuple[MemoryEstimate, ...] = ()
     if device == "cuda" and micro >= 1:
         estimates, pools = _memory(cfg, spec, roles, world, reference, critic, dtype)
@@ -982,6 +985,22 @@ def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -
         )
 
 
+def _fill_token_budget(cfg: RunConfig, spec: AlgoSpec, roles, chosen: list[str]) -> None:
+    """On GPU, the log-prob and training passes bin rows by length (rlhf/training/packing_rl.py): each
+    micro-batch holds as many rows as fit the tokens the memory plan counted for, micro-batch x the full
+    sequence length, so short responses are not padded to the longest and fewer micro-batches run."""
+    seq = _seq_len(cfg, spec)
+    micros = [r.micro_batch_per_gpu for r in roles if r.micro_batch_per_gpu > 0 and not r.role.startswith("reward")]
+    if not micros or seq < 1:
+        return
+    budget = min(micros) * seq
+    cfg.algo.max_tokens_per_micro = budget
+    chosen.append(
+        f"algo.max_tokens_per_micro={budget} ({min(micros)} rows x {seq} tokens, what the memory plan counts "
+        "for a micro-batch: rows are binned by length, short ones several to a full-length row's room)"
+    )
+
+
 def _fill_cpu(cfg: RunConfig, world: int, chosen: list[str]) -> None:
     """A CPU run has no memory budget: ZeRO-2 without offload or checkpointing, the preset's micro-batch."""
     e = cfg.engine
@@ -1238,8 +1257,10 @@ def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, ch
     for name, values in candidates:
         reason = "no candidate"
         for m in micros:
-            if choosing_ckpt and not values["gradient_checkpointing"] and m < _min_micro_without_checkpointing(
-                cfg, spec, micros
+            if (
+                choosing_ckpt
+                and not values["gradient_checkpointing"]
+                and m < _min_micro_without_checkpointing(cfg, spec, micros)
             ):
                 small = f"micro-batch {m} x {_seq_len(cfg, spec)} tokens is too small to skip the recompute"
                 reason = small if reason == "no candidate" else f"{reason} (and {small})"

@@ -370,3 +370,29 @@ def test_a_missing_local_path_is_not_found_with_the_working_directory(tmp_path, 
     assert f"working directory, {tmp_path}" in problem and "offline" not in problem
     with pytest.raises(PlanError, match="critic.name_or_path=/x/y: not found"):
         resolve_plan(typed("algo=ppo", "critic.name_or_path=/x/y"))
+
+
+def test_gpu_rl_passes_bin_rows_by_the_planned_token_budget():
+    run, plan = _plan(
+        "algo=grpo",
+        "model=qwen2_5_0_5b",
+        "hw=h100x1",
+        "~tuning",
+        "rollout=vllm",
+        "algo.prompts_per_step=64",
+        "algo.samples_per_prompt=8",
+        "algo.train_batch_samples=512",
+        "rollout.max_new_tokens=512",
+        "data.prompt_max_len=160",
+    )
+    # Micro 16 x (160 + 512) tokens: the memory plan's micro-batch, now a token budget for rows of any length.
+    assert plan.micro_batch_per_gpu == 16
+    assert run.algo.max_tokens_per_micro == 16 * 672
+    assert any(c.startswith("algo.max_tokens_per_micro=10752 (16 rows x 672 tokens") for c in plan.chosen)
+    # An explicit budget, a CPU run and an offline algorithm keep theirs (or none).
+    run, _ = _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "~tuning", "algo.max_tokens_per_micro=4096")
+    assert run.algo.max_tokens_per_micro == 4096
+    run, _ = _plan("algo=grpo")
+    assert run.algo.max_tokens_per_micro is None
+    run, _ = _plan("algo=dpo", "model=qwen2_5_0_5b", "hw=h100x1", "~tuning")
+    assert getattr(run.algo, "max_tokens_per_micro", None) is None
