@@ -10,7 +10,8 @@ Two ways the on-policy controller feeds new weights to an engine:
   (``WeightSyncGroup``, NCCL on GPU, gloo on CPU) that lives beside torch.distributed's default group and
   vLLM's own groups, so neither side's collectives clash. The trainer sends ``weight_specs`` to the engines,
   which start ``receive_weights(specs)`` (see ``rlhf.workers.rollout.RolloutWorker``), then broadcasts with
-  ``broadcast_weights``; both sides walk the tensors in the same order::
+  ``broadcast_weights``; both sides walk the tensors in the same order and cut the same buckets (tensors of one
+  dtype flattened together up to ``WEIGHT_BUCKET_BYTES``, one collective each; ``weight_buckets``)::
 
       group = WeightSyncGroup(addr, port, rank=0, world_size=1 + engine_ranks, backend="nccl")   # trainer
       refs = [w.receive_weights.remote(specs) for w in rollout_workers]
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -124,23 +126,86 @@ def weight_specs(
     return [(name, str(dtype or t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in named_tensors]
 
 
-def broadcast_weights(
-    group: WeightSyncGroup, named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
-) -> int:
-    """Trainer side: broadcast each tensor from rank 0, in the order given to ``weight_specs``.
+# Tensors of one dtype travel together in flat buffers of up to this many bytes: one collective per bucket
+# instead of one per tensor (a 0.5B model has ~290 tensors, a 7B one ~340 of up to 1 GB). Sender and receiver
+# cut the same buckets from the same ordered specs.
+WEIGHT_BUCKET_BYTES = 256 * 1024**2
 
-    Tensors are moved to the group's device and cast to ``dtype`` (e.g. the engines' bf16) first.
-    Returns the number of bytes sent.
+
+def weight_buckets(specs: Sequence[WeightSpec], bucket_bytes: int = WEIGHT_BUCKET_BYTES) -> list[list[int]]:
+    """Indices of ``specs`` grouped into broadcasts, in order: consecutive tensors of one dtype while their
+    bytes stay within ``bucket_bytes`` (a larger tensor goes alone)."""
+    buckets: list[list[int]] = []
+    size, dtype = 0, None
+    for i, (_, dt, shape) in enumerate(specs):
+        nbytes = math.prod(shape) * _torch_dtype(dt).itemsize
+        if not buckets or dt != dtype or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size, dtype = 0, dt
+        buckets[-1].append(i)
+        size += nbytes
+    return buckets
+
+
+def broadcast_weights(
+    group: WeightSyncGroup,
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    dtype: torch.dtype | None = None,
+    bucket_bytes: int = WEIGHT_BUCKET_BYTES,
+) -> int:
+    """Trainer side: broadcast the tensors from rank 0, in the order given to ``weight_specs``, in the buckets
+    of ``weight_buckets`` (the receiver cuts the same ones from the specs).
+
+    Tensors are moved to the group's device and cast to ``dtype`` (e.g. the engines' bf16) first; a bucket
+    holds its tensors (a ZeRO-3 gather each) until it is sent. Returns the number of bytes sent.
     """
     import torch
 
     sent = 0
+    pending: list[torch.Tensor] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal pending, size, sent
+        if not pending:
+            return
+        flat = pending[0] if len(pending) == 1 else torch.cat([t.reshape(-1) for t in pending])
+        group.broadcast(flat, src=0)
+        sent += flat.numel() * flat.element_size()
+        pending, size = [], 0
+
     with torch.no_grad():
         for _, tensor in named_tensors:
             wire = tensor.detach().to(device=group.device, dtype=dtype or tensor.dtype).contiguous()
-            group.broadcast(wire, src=0)
-            sent += wire.numel() * wire.element_size()
+            nbytes = wire.numel() * wire.element_size()
+            if pending and (wire.dtype != pending[0].dtype or size + nbytes > bucket_bytes):
+                flush()
+            pending.append(wire)
+            size += nbytes
+        flush()
     return sent
+
+
+def receive_broadcast(
+    group: WeightSyncGroup, specs: Sequence[WeightSpec], device, bucket_bytes: int = WEIGHT_BUCKET_BYTES
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Receiver side of ``broadcast_weights``: (name, tensor) of each spec, one bucket in flight at a time
+    (each bucket a new buffer, so the tensors already yielded stay valid)."""
+    import torch
+
+    for bucket in weight_buckets(specs, bucket_bytes):
+        dtype = _torch_dtype(specs[bucket[0]][1])
+        shapes = [tuple(specs[i][2]) for i in bucket]
+        if len(bucket) == 1:
+            buffer = torch.empty(shapes[0], dtype=dtype, device=device)
+            group.broadcast(buffer, src=0)
+            yield specs[bucket[0]][0], buffer
+            continue
+        sizes = [math.prod(s) for s in shapes]
+        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        group.broadcast(flat, src=0)
+        for i, part, shape in zip(bucket, flat.split(sizes), shapes):
+            yield specs[i][0], part.view(shape)
 
 
 def _torch_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -183,7 +248,7 @@ def _worker_init_weight_sync(
     return rank
 
 
-def _worker_receive_weights(worker: Any, specs: Sequence[WeightSpec]) -> None:
+def _worker_receive_weights(worker: Any, specs: Sequence[WeightSpec], bucket_bytes: int = WEIGHT_BUCKET_BYTES) -> None:
     import torch
 
     group = getattr(worker, _WORKER_GROUP_ATTR, None)
@@ -191,14 +256,8 @@ def _worker_receive_weights(worker: Any, specs: Sequence[WeightSpec]) -> None:
         raise RuntimeError("receive_weights before init_weight_sync: join the weight-sync group first")
     device = worker.device if group.backend == "nccl" else torch.device("cpu")
 
-    def received() -> Iterator[tuple[str, torch.Tensor]]:
-        # One tensor in flight at a time: the loader copies it into place before the next broadcast.
-        for name, dtype, shape in specs:
-            buffer = torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device=device)
-            group.broadcast(buffer, src=0)
-            yield name, buffer
-
-    _worker_load_weights(worker, received())
+    # One bucket in flight at a time: the loader copies its tensors into place before the next broadcast.
+    _worker_load_weights(worker, receive_broadcast(group, specs, device, bucket_bytes))
 
 
 def _worker_close_weight_sync(worker: Any) -> None:
@@ -434,7 +493,7 @@ class VLLMEngine:
         """Receive one broadcast of ``specs`` (``weight_specs`` order) from trainer rank 0 and load it."""
         self._check_weights_resident("receive_weights")
         specs = [(str(name), str(dtype).removeprefix("torch."), tuple(shape)) for name, dtype, shape in specs]
-        self.llm.collective_rpc(_worker_receive_weights, args=(specs,))
+        self.llm.collective_rpc(_worker_receive_weights, args=(specs, WEIGHT_BUCKET_BYTES))
         self._after_weight_update()
 
     def close_weight_sync(self) -> None:

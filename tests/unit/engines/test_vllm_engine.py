@@ -203,6 +203,63 @@ def test_weight_sync_group_broadcasts_between_processes():
     assert int(out.split()[-1]) == 6 * 4 + 2 * 8  # bytes sent: 6 float32 + 2 int64
 
 
+def test_weight_buckets_group_one_dtype_up_to_the_byte_limit():
+    from rlhf.engines.vllm_engine import weight_buckets
+
+    specs = [
+        ("a", "bfloat16", (4, 4)),  # 32 bytes
+        ("b", "bfloat16", (8,)),  # 16
+        ("c", "bfloat16", (10,)),  # 20: 32 + 16 + 20 > 64, a new bucket
+        ("d", "float32", (2,)),  # another dtype, a new bucket
+        ("e", "float32", (100,)),  # 400 bytes alone: larger than the limit
+        ("f", "float32", (1,)),
+    ]
+    assert weight_buckets(specs, bucket_bytes=64) == [[0, 1], [2], [3], [4], [5]]
+    assert weight_buckets(specs, bucket_bytes=10**9) == [[0, 1, 2], [3, 4, 5]]
+
+
+BUCKET_SENDER = textwrap.dedent(
+    """
+    import sys, torch
+    from rlhf.engines.vllm_engine import WeightSyncGroup, broadcast_weights
+    port = int(sys.argv[1])
+    group = WeightSyncGroup("127.0.0.1", port, 0, 2, "gloo")
+    g = torch.Generator().manual_seed(0)
+    tensors = [(f"w{i}", torch.randn(3 + i, 5, generator=g)) for i in range(12)]
+    tensors.insert(5, ("step", torch.tensor([3, 4], dtype=torch.int64)))
+    print(broadcast_weights(group, tensors, bucket_bytes=400))
+    group.close()
+    """
+)
+
+
+def test_bucketed_broadcast_delivers_every_tensor_in_fewer_collectives():
+    from rlhf.engines.vllm_engine import receive_broadcast, weight_buckets
+
+    g = torch.Generator().manual_seed(0)
+    expected = [(f"w{i}", torch.randn(3 + i, 5, generator=g)) for i in range(12)]
+    expected.insert(5, ("step", torch.tensor([3, 4], dtype=torch.int64)))
+    specs = weight_specs(expected)
+    port = free_port()
+    sender = subprocess.Popen(
+        [sys.executable, "-c", BUCKET_SENDER, str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    group = WeightSyncGroup("127.0.0.1", port, 1, 2, "gloo", timeout_s=60)
+    calls = []
+    inner = group.broadcast
+    group.broadcast = lambda t, src=0: (calls.append(t.numel()), inner(t, src))  # count the collectives
+    got = list(receive_broadcast(group, specs, "cpu", bucket_bytes=400))
+    out, err = sender.communicate(timeout=60)
+    group.close()
+    assert sender.returncode == 0, err
+    assert [n for n, _ in got] == [n for n, _ in expected]
+    for (_, a), (_, b) in zip(got, expected):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    buckets = weight_buckets(specs, bucket_bytes=400)
+    assert len(calls) == len(buckets) < len(specs)
+    assert int(out.split()[-1]) == sum(t.numel() * t.element_size() for _, t in expected)
+
+
 def test_weight_sync_group_rejects_unknown_backend():
     with pytest.raises(ValueError, match="mpi"):
         WeightSyncGroup("127.0.0.1", free_port(), 0, 1, "mpi")
