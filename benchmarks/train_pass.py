@@ -91,6 +91,18 @@ def _experience(batch, old):
     )
 
 
+def _mfu(args, cfg, seconds: float):
+    """Model FLOPs utilisation of one update (rlhf/bench/flops.py: the PaLM convention the harness uses)."""
+    from rlhf.bench.flops import mfu, training_flops
+    from rlhf.models.arch import from_folder
+
+    peak = getattr(cfg.hw, "peak_tflops", None)
+    if not peak:
+        return None
+    flops = training_flops(from_folder(Path(args.model)), [args.prompt + args.response] * args.rows)
+    return mfu(flops, seconds, 1, peak)
+
+
 def _sync():
     import torch
 
@@ -162,11 +174,8 @@ def run_variant(name, overrides, args) -> dict:
     if torch.cuda.is_available():
         out["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
     tokens = args.rows * (args.prompt + args.response)
-    n_params = sum(p.numel() for p in w.engine.module.parameters())
     out["tokens_per_s"] = tokens / out["train_s"]
-    # 6 N T for the update (the recompute of gradient checkpointing not counted: model FLOPs).
-    peak = getattr(cfg.hw, "peak_tflops", None)
-    out["mfu"] = 6 * n_params * tokens / out["train_s"] / (peak * 1e12) if peak else None
+    out["mfu"] = _mfu(args, cfg, out["train_s"])
     if name in args.profile:
         small = minibatches(
             exp.select(torch.arange(min(64, args.rows))),
@@ -241,7 +250,9 @@ def run_plain(args, gc: bool = True) -> dict:
         _sync()
         if i:
             times.append(time.time() - tic)
+    hw_cfg, _ = _config(args.model, args.hw, args.shape, [f"algo.train_batch_samples={args.rows}"])
     out = {
+        "mfu": _mfu(args, hw_cfg, sum(times) / len(times)),
         "variant": f"plain_torch{'_gc' if gc else ''}",
         "train_s": sum(times) / len(times),
         "train_s_all": times,
