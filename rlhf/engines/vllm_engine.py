@@ -157,7 +157,7 @@ def broadcast_weights(
     of ``weight_buckets`` (the receiver cuts the same ones from the specs).
 
     Tensors are moved to the group's device and cast to ``dtype`` (e.g. the engines' bf16) first; a bucket
-    holds its tensors (a ZeRO-3 gather each) until it is sent. Returns the number of bytes sent.
+    holds its tensors (under ZeRO-3, copies of the gathered weights) until it is sent. Returns the number of bytes sent.
     """
     import torch
 
