@@ -3,12 +3,12 @@ fixed shape under several engine settings, and a plain-torch loop of the same mo
 without DeepSpeed. What it answers: where the update's time goes, and which setting the planner should pick.
 
   python benchmarks/train_pass.py --model /tmp/rlhf-bench/qwen2_5_0_5b_random --hw h100x1 \\
-      --variant base: --variant zero0:engine.zero_stage=0 --variant nogc:engine.gradient_checkpointing=false \\
+      --variant base: --variant zero0:engine.zero_stage=0 --variant gc:engine.gradient_checkpointing=true \\
       --plain --profile base
 
 Each --variant is NAME:override,override (project overrides on top of the workload's); the default rows are
-workload (a) of ``python -m rlhf.bench`` (512 rows of 128 prompt + 512 response tokens, GRPO, micro-batch 16,
-ZeRO-2, gradient checkpointing). Per variant: one log-prob pass, then --repeats timed updates after one
+workload (a) of ``python -m rlhf.bench`` (512 rows of 128 prompt + 512 response tokens, GRPO, with the engine
+settings the planner picks for --hw). Per variant: one log-prob pass, then --repeats timed updates after one
 warm-up (each update is one optimizer step over all rows). --profile NAME adds a torch-profiler table of one
 update of that variant. The JSON report goes to --results.
 """
