@@ -58,23 +58,9 @@ class LocalRewardModel:
         self.device, self.batch_size = device, batch_size
 
     def __call__(self, texts: list[str]):
-        import torch
+        from rlhf.models.loading import score_texts
 
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tok(
-                    texts[i : i + self.batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    add_special_tokens=False,
-                )
-                logits = self.model(
-                    input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
-                ).logits
-                out.append(logits[:, 0].float().cpu())
-        return torch.cat(out)
+        return score_texts(self.model, self.tok, texts, self.batch_size, self.device)
 
 
 def reward_sources(cfg):

@@ -126,6 +126,23 @@ def load_sequence_classifier(
     return model
 
 
+def score_texts(model, tokenizer, texts: list[str], batch_size: int, device):
+    """Scalar scores [N] (float32, CPU) of a one-logit sequence classifier for full conversation texts, batched."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, add_special_tokens=False
+            )
+            logits = model(
+                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+            ).logits
+            out.append(logits[:, 0].float().cpu())
+    return torch.cat(out)
+
+
 def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

@@ -38,21 +38,6 @@ class RewardModelWorker(RankWorker):
 
     def score(self, texts: list[str]):
         """Scalar rewards [N] for full conversation texts (prompt + response, as the policy saw them)."""
-        import torch
+        from rlhf.models.loading import score_texts
 
-        device = next(self.model.parameters()).device
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(
-                    texts[i : i + self.batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    add_special_tokens=False,
-                )
-                logits = self.model(
-                    input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
-                ).logits
-                out.append(logits[:, 0].float().cpu())
-        return torch.cat(out)
+        return score_texts(self.model, self.tokenizer, texts, self.batch_size, next(self.model.parameters()).device)
