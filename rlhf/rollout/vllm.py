@@ -26,6 +26,7 @@ def engine_options(
         "tensor_parallel_size": tensor_parallel_size,
         "enable_sleep": enable_sleep,
         "enforce_eager": rollout.enforce_eager,
+        "compile": rollout.compile,
         "seed": seed,
         "max_model_len": plan.seq_len or None,
         "device": plan.device,

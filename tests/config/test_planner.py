@@ -396,3 +396,12 @@ def test_gpu_rl_passes_bin_rows_by_the_planned_token_budget():
     assert run.algo.max_tokens_per_micro is None
     run, _ = _plan("algo=dpo", "model=qwen2_5_0_5b", "hw=h100x1", "~tuning")
     assert getattr(run.algo, "max_tokens_per_micro", None) is None
+
+
+def test_rollout_compile_reaches_the_engine_options():
+    from rlhf.rollout.vllm import engine_options
+
+    for given, want in (((), True), (("rollout.compile=false",), False)):
+        run, plan = _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "~tuning", "rollout=vllm", *given)
+        opts = engine_options(plan, run.rollout, seed=0, tensor_parallel_size=1, enable_sleep=True)
+        assert opts["compile"] is want and opts["enforce_eager"] is False

@@ -135,8 +135,10 @@ def vllm(models):
     from rlhf.workers.rollout import RolloutWorker
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default takes a share of all RAM
+    # compile=False (no torch.compile; the integration tests run enforce_eager=true): every test below then
+    # checks generation, log-probs, weight updates and sleep through that path.
     rollout = RolloutWorker(
-        0, 1, models["paths"]["base"], {"dtype": "float32", "enforce_eager": True, "seed": 0, "max_model_len": 256}
+        0, 1, models["paths"]["base"], {"dtype": "float32", "compile": False, "seed": 0, "max_model_len": 256}
     )
     # Greedy outputs of the weights vLLM read from disk, before any test pushes other weights.
     from_disk = rollout.generate(PROMPTS, temperature=0.0, max_new_tokens=MAX_NEW)
@@ -289,6 +291,16 @@ def test_ignore_eos_gives_full_length(vllm, models):
     vllm.engine.update_weights(models["models"]["base"].state_dict().items())
     gens = vllm.worker.generate(PROMPTS[:2], n=2, temperature=1.0, max_new_tokens=MAX_NEW, ignore_eos=True)
     assert all(len(g.response_ids) == MAX_NEW and g.finish_reason == "length" for g in gens)
+
+
+def test_compile_false_runs_without_torch_compile(vllm):
+    from rlhf.engines.vllm_engine import compilation_without_compile
+
+    assert compilation_without_compile("cpu") == {"mode": 0}
+    assert compilation_without_compile("cuda") == {"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY"}
+    # The engine took it: vLLM's resolved config has no compilation.
+    config = vllm.engine.llm.llm_engine.vllm_config.compilation_config
+    assert int(config.mode) == 0
 
 
 def test_greedy_from_disk_matches_hf(vllm, models):
