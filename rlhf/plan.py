@@ -869,6 +869,7 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
     the numbers (and the preset's train_defaults) are the preset's, not this model's: read the model's own,
     keeping the numbers that differ from the preset's (given on the command line).
     """
+    from rlhf.config.model import ScaleDefaults
     from rlhf.models.arch import ArchError, looks_like_path, presets
 
     if m.name_or_path.startswith("tiny:") or any(getattr(m, k) is None for k in _ARCH_REQUIRED):
@@ -889,8 +890,6 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
                 f"model: {m.name_or_path} is not available offline; the numbers of conf/model/{name}.yaml are used"
             )
         return
-    if found.source.startswith("conf/model/"):
-        return
     replaced = [
         k
         for k in keys
@@ -899,8 +898,11 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
     for k in keys:
         if getattr(m, k) is None or getattr(m, k) == values.get(k):
             setattr(m, k, getattr(found, k))
-    if m.train_defaults:
-        m.train_defaults = {}
+    # The found model's own scale values: another preset's (conf/model/<x>.yaml loads this hub id), else none.
+    other = (
+        presets().get(found.source[len("conf/model/") : -len(".yaml")], {}) if found.source.startswith("conf/") else {}
+    )
+    m.train_defaults = {k: ScaleDefaults(**v) for k, v in (other.get("train_defaults") or {}).items()}
     chosen.append(
         f"model: architecture of {m.name_or_path} from {found.source} ({found.params_b:.3g}B parameters), "
         f"not the numbers of conf/model/{name}.yaml" + (f" ({', '.join(replaced)} differ)" if replaced else "")
@@ -940,6 +942,18 @@ def _scale_defaults(cfg: RunConfig):
     return (key, table[key]) if key in table else (None, None)
 
 
+def _per_rank_batch(tbs: int, world: int, cap: int) -> int:
+    """Samples per rank for a batch of about `tbs` over `world` ranks: at least one each, and a count with a
+    divisor of at least half the largest micro-batch tried (128 over 3 ranks: 44 per rank, micro-batch 11, not
+    the prime 43 whose only micro-batch is 1), raised by at most a quarter; else the smallest count."""
+    least = -(-tbs // world)
+    want = max(min(cap, least) // 2, 1)
+    for per_rank in range(least, least + least // 4 + 1):
+        if max(d for d in _divisors(per_rank) if d <= cap) >= want:
+            return per_rank
+    return least
+
+
 def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -> None:
     """Learning rates, batch and rollout size: the model preset's values, else rlhf/scale.py's rule."""
     from rlhf import scale
@@ -963,10 +977,14 @@ def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -
             chosen.append(f"algo.critic_lr={a.critic_lr:g} ({src})")
     if a.train_batch_samples is None:
         tbs, src = pick("train_batch_samples", scale.train_batch_samples(a.name, onpolicy), rule)
-        # Every rank needs at least one sample per optimizer step.
-        raised = -(-tbs // world) * world
+        raised = _per_rank_batch(tbs, world, _micro_cap(cfg)) * world
         a.train_batch_samples = raised
-        why = f"{src}" + (f", raised from {tbs} to a multiple of the {world} ranks" if raised != tbs else "")
+        why = f"{src}" + (
+            f", raised from {tbs} to a multiple of the {world} ranks whose share per rank has a micro-batch "
+            "divisor near the largest tried"
+            if raised != tbs
+            else ""
+        )
         chosen.append(f"algo.train_batch_samples={raised} ({why})")
     if onpolicy and a.prompts_per_step is None and a.samples_per_prompt >= 1:
         samples, src = pick(

@@ -65,10 +65,10 @@ def _hydra_job() -> dict:
 
 def execute(dcfg: DictConfig, progress: bool = True):
     """Run one composed config end to end; returns the RunResult (None in plan mode)."""
-    from rlhf.data.check import check_run_data
+    from rlhf.data.check import DataCheckError, check_run_data
     from rlhf.data.sources import resolve_data
     from rlhf.launch.run_dir import claim_run_dir, mark_finished
-    from rlhf.plan import resolve_plan
+    from rlhf.plan import PlanError, resolve_plan
     from rlhf.tracking.callbacks import sweep_parent
     from rlhf.tracking.lineage import (
         close_orphaned_run,
@@ -85,8 +85,15 @@ def execute(dcfg: DictConfig, progress: bool = True):
 
     set_verbose(True if cfg.verbose else None)  # None: as main() (or RLHF_VERBOSE) left it; quiet by default
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data))  # data.train/eval/format -> data.sources
-    plan = resolve_plan(cfg)
-    # Every data problem of the command, before Ray or any model starts (DataCheckError lists them all).
+    # Every plan and data problem of the command, before Ray or any model starts: neither hides the other.
+    try:
+        plan = resolve_plan(cfg)
+    except PlanError as e:
+        try:
+            check_run_data(cfg)
+        except DataCheckError as d:
+            raise PlanError([*e.problems, str(d).replace("\n", "\n    ")]) from None
+        raise
     data_report = check_run_data(cfg)
     _check_one_step_of_data(cfg, plan, data_report)
     if cfg.mode == "plan":

@@ -94,8 +94,9 @@ def _preflight(argv: list[str], config_name: str) -> Optional[str]:
         return None if printing else check_sweep(overrides, config_name)
     try:
         cfg = _compose(overrides, config_name)
-    except Exception as e:  # noqa: BLE001 - every composition error becomes a message
-        return explain(e, overrides, config_name)
+    except Exception:  # noqa: BLE001 - every composition error becomes a message
+        # Every problem of the command at once: each bad override, then the plan and the data of the rest.
+        return check_point(overrides, config_name, data=not printing) or "the command line does not compose"
     problem = check_added_keys(cfg)
     if problem:
         return problem
@@ -211,8 +212,9 @@ def sweep_points(overrides: list[str], config_name: str = "config") -> tuple[lis
     return plain, points
 
 
-def check_point(overrides: list[str], config_name: str = "config") -> Optional[str]:
-    """The message a single run of these overrides would print (composition, keys, missing values, plan)."""
+def check_point(overrides: list[str], config_name: str = "config", data: bool = False) -> Optional[str]:
+    """The message a single run of these overrides would print (composition, keys, missing values, plan, and
+    with `data` the data check): every problem, not only the first."""
     from omegaconf import OmegaConf
 
     from rlhf.config.run import RunConfig
@@ -238,7 +240,7 @@ def check_point(overrides: list[str], config_name: str = "config") -> Optional[s
         try:
             run = OmegaConf.to_object(cfg)
             assert isinstance(run, RunConfig)
-            resolve_plan(run)
+            problems += plan_and_data_problems(run, data)
         except PlanError as e:
             problems.append(str(e))
         except Exception:  # noqa: BLE001 - a key added with '+' may stop the typed conversion; reported above
@@ -247,10 +249,42 @@ def check_point(overrides: list[str], config_name: str = "config") -> Optional[s
     return "\n".join(problems) or None
 
 
+def plan_and_data_problems(run, data: bool = True) -> list[str]:
+    """The plan's problems and (with `data`) the data's, together: one does not hide the other. The data is
+    checked against the plan's filled-in config (the model's positions and tokenizer) when the plan resolves."""
+    import dataclasses as dc
+
+    from rlhf.data.check import DataCheckError, check_run_data
+    from rlhf.data.errors import DataError
+    from rlhf.data.sources import resolve_data
+    from rlhf.plan import PlanError, resolve_plan
+
+    problems: list[str] = []
+    try:
+        run = dc.replace(run, data=resolve_data(run.data))  # data.train/eval/format -> data.sources
+    except DataError as e:
+        return [str(e)]
+    try:
+        resolve_plan(run)
+    except PlanError as e:
+        problems.append(str(e))
+    if data:
+        try:
+            check_run_data(run)
+        except (DataCheckError, DataError) as e:
+            problems.append(str(e))
+    return problems
+
+
 def _failing_key(error: Exception) -> Optional[str]:
     """The config key of the override a composition error is about, when the error names one."""
     text = _chain_text(error)
-    for pattern in (r"full_key: (\S+)", r"Error merging override (\S+)", r"Could not override '([^']+)'"):
+    for pattern in (
+        r"full_key: (\S+)",
+        r"Error merging override (\S+)",
+        r"Could not override '([^']+)'",
+        r"Could not find '([^'/]+)/",  # an unknown option of a config group: the group's override
+    ):
         m = re.search(pattern, text)
         if m:
             return m.group(1).lstrip("+~").split("=")[0]

@@ -182,6 +182,10 @@ CLI_CASES = {
         "mode=plan",
     ],
     "cfg_job": ["algo=dpo", "--cfg", "job"],
+    # Config, plan and data problems of one command line: all reported by one run.
+    "all_at_once": ["algo=sft", "algo.lrr=1e-4", "hw=cpux", "data.train=./nothere.jsonl", "data.max_len=99999"],
+    # No config problem: the plan's and the data's, together.
+    "plan_and_data": ["algo=sft", "data.train=./nothere.jsonl", "data.max_len=99999", "mode=plan"],
 }
 
 
@@ -287,3 +291,14 @@ def test_optimizer_and_sampling_values_no_run_can_use_are_refused_together():
     ):
         assert key in text, (key, text)
     assert resolve_plan(typed("algo=reinforce_pp", "algo.lr=0", "rollout.temperature=0", "algo.samples_per_prompt=1"))
+
+
+def test_cli_config_plan_and_data_problems_are_reported_together(cli):
+    err = _refused(cli["all_at_once"])
+    assert "unknown config key 'algo.lrr'" in err and "Did you mean 'algo.lr'?" in err
+    assert "unknown option 'cpux' for config group 'hw'. Did you mean 'hw=cpu'?" in err
+    assert "(data.max_len=99999) exceed the 1024 positions" in err
+    assert "'./nothere.jsonl' was not found locally" in err
+    err = _refused(cli["plan_and_data"])
+    assert "the configuration cannot run (2 problem(s))" in err
+    assert "(data.max_len=99999) exceed the 1024 positions" in err and "'./nothere.jsonl' was not found" in err

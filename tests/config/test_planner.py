@@ -215,6 +215,18 @@ def test_micro_batch_is_lowered_to_divide_and_the_batch_raised_to_the_ranks():
     assert any("raised from 16 to a multiple of the 32 ranks" in c for c in plan.chosen)
 
 
+def test_a_batch_over_three_ranks_is_raised_to_a_share_with_a_useful_micro_batch():
+    from rlhf.plan import _per_rank_batch
+
+    # 128 over 3 ranks: 43 each is prime (micro-batch 1 and 43 accumulation steps); 44 = 4 x 11 takes 11.
+    assert _per_rank_batch(128, 3, 16) == 44
+    assert _per_rank_batch(128, 4, 16) == 32 and _per_rank_batch(16, 32, 16) == 1
+    assert _per_rank_batch(7, 1, 16) == 7  # one rank takes the batch whole, micro-batch 7
+    _, plan = _plan("algo=grpo", "model=qwen2_5_1_5b", "hw=l40sx4", "rollout=vllm", "placement=separate")
+    assert plan.role("actor").num_workers == 3
+    assert (plan.train_batch_samples, plan.micro_batch_per_gpu, plan.grad_accum) == (132, 11, 4)
+
+
 def test_explicit_values_are_kept_and_checked():
     run, plan = _plan(
         "algo=sft",
@@ -351,6 +363,23 @@ def test_name_or_path_alone_replaces_the_presets_numbers(tiny_folder):
     # A number given on the command line still wins.
     run, _ = _plan("algo=sft", "hw=h100x1", f"model.name_or_path={path}", "model.max_position_embeddings=4096")
     assert run.model.max_position_embeddings == 4096
+
+
+def test_a_hub_id_that_another_preset_loads_takes_that_presets_numbers():
+    # The default preset is the tiny one; conf/model/llama3_8b.yaml loads this hub id, so its numbers win, and
+    # the tiny preset's small-model learning rate and batch go with the tiny numbers.
+    run, plan = _plan("algo=sft", "hw=a100x8", "model.name_or_path=meta-llama/Meta-Llama-3-8B")
+    m = run.model
+    assert (m.hidden_size, m.num_layers, m.vocab_size, m.params_b) == (4096, 32, 128256, 8.03)
+    assert not m.train_defaults and run.algo.lr == 5e-6 and plan.train_batch_samples == 128
+    actor = next(r for r in plan.memory if r.role == "actor")
+    assert actor.weights_gib == pytest.approx(2 * 8.03e9 / GIB, rel=1e-3)
+    assert any(
+        "from conf/model/llama3_8b.yaml" in c and "not the numbers of conf/model/tiny.yaml" in c for c in plan.chosen
+    )
+    # The same as the preset by its own name (without its hand-written tuning file).
+    run2, plan2 = _plan("algo=sft", "hw=a100x8", "model=llama3_8b", "~tuning")
+    assert (plan2.train_batch_samples, plan2.micro_batch_per_gpu, run2.algo.lr) == (128, plan.micro_batch_per_gpu, 5e-6)
 
 
 def test_critic_from_a_folder(tiny_folder):
