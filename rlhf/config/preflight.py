@@ -218,7 +218,7 @@ def check_point(overrides: list[str], config_name: str = "config", data: bool = 
     from omegaconf import OmegaConf
 
     from rlhf.config.run import RunConfig
-    from rlhf.plan import PlanError, resolve_plan
+    from rlhf.plan import PlanError
 
     problems: list[str] = []
     remaining = list(overrides)
