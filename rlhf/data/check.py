@@ -133,6 +133,8 @@ def check_run_data(cfg, tokenizer: Any = None) -> DataReport:
         tokenizer, note = _tokenizer(cfg.model)
         if note:
             report.notes.append(note)
+        if cfg.mode != "plan":  # a plan needs only the architecture (config.json)
+            problems += [DataError(m) for m in _missing_model_files(cfg.model)]
     step_tag = getattr(cfg.algo, "step_tag", None) or "<|step|>"
     for name, src in data.sources.items():
         try:
@@ -144,6 +146,19 @@ def check_run_data(cfg, tokenizer: Any = None) -> DataReport:
     if problems:
         raise DataCheckError(problems, report)
     return report
+
+
+def _missing_model_files(model_cfg) -> List[str]:
+    """A local model folder without a tokenizer or weights (one holding only config.json): what to copy."""
+    from rlhf.models.loading import missing_tokenizer_message, missing_weights_message
+
+    name = model_cfg.tokenizer or model_cfg.name_or_path
+    key = "model.tokenizer" if model_cfg.tokenizer else "model.name_or_path"
+    found = [
+        missing_tokenizer_message(name, key),
+        missing_weights_message(model_cfg.name_or_path, "model.name_or_path"),
+    ]
+    return [m for m in found if m]
 
 
 def _tokenizer(model_cfg):
@@ -333,7 +348,19 @@ def _eval_text(kind, path, split, src, data, name, task, fmt, opts, problems) ->
         problems.append(e)
         return "unreadable"
     good = len(read.rows)
-    if read.bad and (good == 0 or len(read.bad) > data.max_bad_fraction * (good + len(read.bad))):
+    if read.bad and data.bad_rows == "error":
+        # The run reads the eval rows under the same policy: the first bad one would stop it mid-run.
+        b = read.bad[0]
+        problems.append(
+            DataError(
+                f"eval row: {b.reason}{' (' + b.detail + ')' if b.detail else ''}",
+                source=name,
+                origin=b.origin,
+                key=_config_key(name, fmt, opts, b.key),
+                hint="fix or delete the row, or set data.bad_rows=skip to leave such rows out",
+            )
+        )
+    elif read.bad and (good == 0 or len(read.bad) > data.max_bad_fraction * (good + len(read.bad))):
         b = read.bad[0]
         problems.append(
             DataError(

@@ -17,6 +17,7 @@ rows: the formats matching the most rows win, then those needing the most keys (
 from __future__ import annotations
 
 import collections
+import json
 import re
 import string
 from dataclasses import dataclass, field
@@ -385,7 +386,9 @@ def _prompt_response_normalize(row, task, opts):
     fields = _fields(row, opts)
     if task == "prompt":
         return {"prompt": prompt, "fields": fields}
-    response = get(row, _response_key(row, opts), "text")
+    key = _response_key(row, opts)
+    either = "" if opts.keys.get("output_key") else "; the response is read from 'response' or 'completion'"
+    response = get(row, key, "text", either)
     if task == "sft":
         return {"prompt": prompt, "response": response, "fields": fields}
     raise _no_task("prompt_response", task)
@@ -889,8 +892,39 @@ def detect_format(
             )
         top = serving
     fmt = top[0]
+    if task not in fmt.tasks:
+        _refuse_near_miss(rows, task, opts, source, location, keys)
     check_task(fmt, task, source)
     return Detection(fmt, best, len(rows), True)
+
+
+def _refuse_near_miss(rows, task: str, opts: FormatOptions, source: str, location: str, keys) -> None:
+    """Rows with every key of a format for `task` whose values do not fit it (KTO labels written as the strings
+    "true"/"false", say): name that format, the key and the value, rather than the poorer format detected."""
+    for f in FORMATS.values():
+        if task not in f.tasks or not f.required or f.name == "custom":
+            continue
+        if not all(keys.get(k, 0) >= 0.5 * len(rows) for k in f.required):
+            continue
+        for row in rows:
+            try:
+                f.normalize(row, task, opts)
+            except RowError as e:
+                raise DataError(
+                    f"the rows have the keys of format {f.name} ({', '.join(f.required)}) but not its values: "
+                    f"{e.reason}{' (' + e.detail + ')' if e.detail else ''}",
+                    source=source,
+                    origin=_row_origin(row, location),
+                    key=f"data.sources.{source}.format",
+                    hint=f"write the values as format {f.name} expects (e.g. {json.dumps(f.example)}); "
+                    f"data.format={f.name} then checks every row",
+                ) from None
+            except (KeyError, TypeError, AttributeError, IndexError):
+                break
+
+
+def _row_origin(row: Mapping[str, Any], location: str) -> Optional[str]:
+    return row.get("_origin") or location or None
 
 
 def _safe_match(fmt: Format, row: Mapping[str, Any], opts: FormatOptions) -> bool:

@@ -96,13 +96,14 @@ def read_source(
     """
     check_bad_row_policy(bad_rows, max_bad_fraction)
     collector = _Collector(name, bad_rows, check, key_fields, limit)
+    path_key = f"data.sources.{name}.{'path' if path is None else 'eval_path'}"
     path = str(src.path if path is None else path)
-    local = _resolve_local(name, path)
+    local = _resolve_local(name, path, path_key)
     try:
         if local is None:
             location = f"{path} [{split}]"
             hub_split = split if limit is None else f"{split}[:{limit}]"
-            for i, row in enumerate(_read_hub(name, path, hub_split, src.hub_config)):
+            for i, row in enumerate(_read_hub(name, path, hub_split, src.hub_config, path_key)):
                 collector.add(dict(row), f"{path}[{split}]:row {i}")
         else:
             files = _files_for_split(name, local, split, src)
@@ -139,8 +140,10 @@ def asset_root() -> Path:
 # ----------------------------------------------------------------------------------------------- resolving paths
 
 
-def _resolve_local(name: str, path: str) -> Optional[Path]:
-    """The local file or directory `path` names, or None for a hub data set name."""
+def _resolve_local(name: str, path: str, key: Optional[str] = None) -> Optional[Path]:
+    """The local file or directory `path` names, or None for a hub data set name. `key`: the config key that
+    gave the path (data.sources.<name>.path unless told; eval_path, which data.eval sets, for the eval rows)."""
+    key = key or f"data.sources.{name}.path"
     if path.startswith("asset:"):
         return _resolve_asset(name, path[len("asset:") :])
     if path.startswith("json@"):
@@ -149,7 +152,7 @@ def _resolve_local(name: str, path: str) -> Optional[Path]:
             raise DataError(
                 f"'{local}' was not found (cwd {os.getcwd()})",
                 source=name,
-                key=f"data.sources.{name}.path",
+                key=key,
                 hint="json@<dir> names a local directory holding train/test JSON files",
             )
         return local
@@ -161,7 +164,7 @@ def _resolve_local(name: str, path: str) -> Optional[Path]:
         raise DataError(
             f"'{path}' was not found locally (cwd {os.getcwd()})",
             source=name,
-            key=f"data.sources.{name}.path",
+            key=key,
             hint="give an existing .jsonl/.json/.parquet file or directory, asset:<name>, or a hub name org/name",
         )
     return None
@@ -189,7 +192,8 @@ def _resolve_asset(name: str, asset: str) -> Path:
 def split_available(name: str, src: SourceConfig, split: str, path: Optional[str] = None) -> bool:
     """Whether a local source holds `split` (a single file holds only its training split); True for hub names,
     whose splits are known only when loading."""
-    local = _resolve_local(name, str(src.path if path is None else path))
+    key = f"data.sources.{name}.{'path' if path is None else 'eval_path'}"
+    local = _resolve_local(name, str(src.path if path is None else path), key)
     if local is None:
         return _hub_has_split(str(src.path if path is None else path), split, src.hub_config)
     try:
@@ -476,9 +480,11 @@ def _read_file(file: Path, out: _Collector) -> None:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                # Without its line break, so that an error at the end of the line is placed there, not at
+                # column 1 of a next line.
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                out.reject(BadRow(out.name, origin, "invalid JSON", f"{e.msg} at column {e.colno}"))
+                out.reject(BadRow(out.name, origin, "invalid JSON", f"{e.msg} at column {e.pos + 1}"))
                 continue
             out.add(obj, origin)
 
@@ -528,7 +534,7 @@ def _read_parquet(name: str, file: Path, limit: Optional[int] = None) -> List[di
         ) from e
 
 
-def _read_hub(name: str, path: str, split: str, config: Optional[str] = None) -> Any:
+def _read_hub(name: str, path: str, split: str, config: Optional[str] = None, key: Optional[str] = None) -> Any:
     try:
         import datasets
 
@@ -538,7 +544,7 @@ def _read_hub(name: str, path: str, split: str, config: Optional[str] = None) ->
             f"'{path}' was not found locally (cwd {os.getcwd()}) and the Hugging Face hub could not load it, "
             f"split '{split}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             source=name,
-            key=f"data.sources.{name}.path",
+            key=key or f"data.sources.{name}.path",
             hint="the hub may be unreachable or offline (HF_HUB_OFFLINE): download the data set where the hub is "
             "reachable and point the path at the local files, or fix the name/split",
         ) from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from pathlib import Path
 from typing import Optional
 
 from rlhf.config.model import ModelConfig
@@ -43,10 +44,39 @@ def attn_implementation(requested: str, device: str) -> str:
     return "sdpa"
 
 
+# A tokenizer's own files; a folder with none of them would load as an empty tokenizer built from config.json.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+
+
+def missing_tokenizer_message(path: str, key: str) -> Optional[str]:
+    """What to do when the local folder `path` holds no tokenizer files (a config.json-only copy), else None."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    return (
+        f"{key}={path}: the folder holds no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ... are missing). Copy "
+        "the model's tokenizer files into it, or set model.tokenizer=<hub id or folder with them>"
+    )
+
+
+def missing_weights_message(path: str, key: str) -> Optional[str]:
+    """What to do when the local folder `path` holds no weight files (a config.json-only copy), else None."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any(any(folder.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+        return None
+    return (
+        f"{key}={path}: the folder holds no weights (no *.safetensors or *.bin file): copy the model's weight "
+        "files into it (a folder with only config.json can be planned, mode=plan, but not trained)"
+    )
+
+
 def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
     path = resolve_path(cfg.tokenizer or cfg.name_or_path)
+    missing = missing_tokenizer_message(path, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
+    if missing:
+        raise OSError(missing)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:

@@ -90,6 +90,27 @@ def test_separate_eval_file(files):
     assert s.eval.startswith(str(files["hh_test"])) and "(8 of the first 8 rows usable)" in s.eval
 
 
+def test_eval_rows_follow_the_bad_row_policy_and_a_missing_eval_file_names_its_key(files, tmp_path):
+    rows = [{"prompt": f"What is {i} plus 1?", "completion": f"{i + 1}"} for i in range(12)]
+    train = _write(tmp_path / "pc.jsonl", rows)
+    ev = _write(tmp_path / "ev.jsonl", rows[:3] + [{"prompt": "What is 9 plus 9?"}] + rows[3:9])
+    # skip (the default): one bad eval row in ten is left out, as the run will.
+    (s,) = check_run_data(typed("algo=sft", f"data.train={train}", f"data.eval={ev}")).sources
+    assert "(9 of the first 10 rows usable)" in s.eval
+    # error: the run would stop at that row mid-run; the check stops first, naming file:line and the key.
+    with pytest.raises(DataCheckError) as info:
+        check_run_data(typed("algo=sft", f"data.train={train}", f"data.eval={ev}", "data.bad_rows=error"))
+    msg = str(info.value)
+    assert "ev.jsonl:4, key data.sources.train.output_key: eval row: missing key 'response'" in msg
+    assert "the response is read from 'response' or 'completion'" in msg and "data.bad_rows=skip" in msg
+    # A missing eval file is the eval path's problem, not the training path's.
+    with pytest.raises(DataCheckError) as info:
+        check_run_data(typed("algo=sft", f"data.train={train}", f"data.eval={tmp_path}/nothere.jsonl"))
+    msg = str(info.value)
+    assert "key data.sources.train.eval_path:" in msg and "nothere.jsonl' was not found locally" in msg
+    assert "data.sources.train.path" not in msg
+
+
 def test_every_problem_is_listed_at_once_with_place_key_and_fix(files, tmp_path):
     notjson = _write(tmp_path / "broken.jsonl", ['{"prompt": ', "[1, 2]", "nope"])
     cfg = typed(
@@ -296,3 +317,23 @@ def test_inspect_shows_the_format_and_tokenized_rows_with_trained_tokens_marked(
     assert "[[Let me see." not in out
     assert main(["algo=kto", f"data.train={files['hh']}"]) == 2
     assert "format hh_rlhf" in capsys.readouterr().err
+
+
+def test_a_model_folder_with_only_config_json_plans_but_does_not_run(files, tmp_path):
+    from transformers import Qwen2Config
+
+    folder = tmp_path / "qwen_config_only"
+    Qwen2Config(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4).save_pretrained(
+        folder
+    )
+    args = ("algo=dpo", f"data.train={files['hh']}", f"model.name_or_path={folder}")
+    # A plan needs only the architecture: the tokenizer is a note (lengths not measured), not a problem.
+    report = check_run_data(typed(*args, "mode=plan"))
+    assert any("the folder holds no tokenizer" in n for n in report.notes)
+    # A run needs the tokenizer and the weights: both are named, with what to copy, before anything starts.
+    with pytest.raises(DataCheckError) as info:
+        check_run_data(typed(*args))
+    msg = str(info.value)
+    assert f"model.name_or_path={folder}: the folder holds no tokenizer" in msg and "model.tokenizer=" in msg
+    assert f"model.name_or_path={folder}: the folder holds no weights" in msg
+    assert "chat_template" not in msg

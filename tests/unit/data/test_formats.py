@@ -278,3 +278,20 @@ def test_custom_keys_keep_working(write_jsonl, chat_tokenizer):
     cfg = DataConfig(sources={"s": SourceConfig(path=str(path), input_key="q", output_key="a")}, eval_fraction=0.0)
     s = build_dataset("sft", cfg, chat_tokenizer)[0]
     assert masked_runs(chat_tokenizer, s["input_ids"], s["loss_mask"]) == ["It is 5.<|im_end|>"]
+
+
+def test_kto_labels_written_as_strings_name_the_label_not_a_poorer_format():
+    rows = [
+        {"prompt": f"What is {i} plus 1?", "completion": str(i + 1), "label": "true", "_origin": f"k.jsonl:{i + 1}"}
+        for i in range(4)
+    ]
+    with pytest.raises(DataError) as info:
+        detect_format(rows, "unpaired", FormatOptions(), source="train")
+    msg = str(info.value)
+    assert "k.jsonl:1" in msg and "the rows have the keys of format kto (prompt, completion, label)" in msg
+    assert "wrong type at key 'label' (expected a label (true/false or 1/0), got a string)" in msg
+    assert '"label": true' in msg and "prompt_response" not in msg
+    # Real booleans detect as KTO; the same rows for SFT detect as prompt + completion.
+    good = [{**r, "label": i % 2 == 0} for i, r in enumerate(rows)]
+    assert detect_format(good, "unpaired", FormatOptions(), source="train").format.name == "kto"
+    assert detect_format(rows, "sft", FormatOptions(), source="train").format.name == "prompt_response"

@@ -47,6 +47,15 @@ def test_jsonl_error_policy_names_file_and_line(write_jsonl, tmp_path, monkeypat
     assert "data.bad_rows=skip" in message
 
 
+def test_a_truncated_line_is_placed_at_its_own_end(write_jsonl, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = '{"prompt": "What is 1 plus 1?", "response": "2"'  # the closing brace is missing
+    out = read_source("tiny", _src(write_jsonl("x.jsonl", GOOD[:1] + [line] + GOOD[1:])), "train")
+    (bad,) = out.bad
+    assert (bad.origin, bad.reason) == ("x.jsonl:2", "invalid JSON")
+    assert bad.detail == f"Expecting ',' delimiter at column {len(line) + 1}"
+
+
 def test_too_many_unreadable_lines_stop_the_read(write_jsonl):
     # 3 bad of 5 rows = 0.6 > 0.5.
     path = write_jsonl("x.jsonl", GOOD[:2] + ["nope", "nope", "nope"])
