@@ -18,8 +18,16 @@ class WeightSender:
         """(HF name, wire dtype, full shape) of every tensor ``broadcast`` sends, in order."""
         from rlhf.models.loading import torch_dtype
 
+        import torch
+
         wire = str(torch_dtype(self.dtype)).removeprefix("torch.")
-        return [(name, wire, tuple(getattr(p, "ds_shape", p.shape))) for name, p, _ in rollout_params(self.module)]
+        convert = checkpoint_converter(self.module)
+        out = []
+        for group in _layer_groups(rollout_params(self.module)):
+            # The shapes as sent: fused experts split per expert (meta tensors: no memory, no copy).
+            named = [(name, torch.empty(tuple(getattr(p, "ds_shape", p.shape)), device="meta")) for name, p, _ in group]
+            out += [(name, wire, tuple(t.shape)) for name, t in (convert(named) if convert else named)]
+        return out
 
     def connect(self, rank: int, master_addr: str, port: int, world_size: int, backend: str) -> None:
         from rlhf.engines.vllm_engine import WeightSyncGroup
@@ -74,6 +82,38 @@ def rollout_params(module) -> list:
     return out
 
 
+def checkpoint_converter(module):
+    """None, or a function from one layer's (in-memory name, tensor) pairs to those of the model's checkpoint
+    format, which vLLM loads: transformers 5 fuses a MoE layer's experts into 3-d parameters
+    (``mlp.experts.gate_up_proj``) that its checkpoints, and vLLM's loaders, keep per expert
+    (``block_sparse_moe.experts.<e>.w1.weight``). transformers' own reverse conversion (what save_pretrained
+    applies) does the mapping; models without conversions (dense Llama, Qwen2) pass unchanged."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: in-memory names are the checkpoint's
+        return None
+    base = module.get_base_model() if hasattr(module, "peft_config") else module
+    conversions = getattr(base, "_weight_conversions", None)
+    if conversions is None:
+        conversions = get_model_conversion_mapping(base, add_legacy=False) or []
+        conversions = [c for c in conversions if type(c).__name__ != "PrefixChange"]
+    if not conversions:
+        return None
+
+    def convert(named):
+        return list(dict(revert_weight_conversion(base, dict(named))).items())
+
+    return convert
+
+
+def _layer_groups(entries):
+    """`entries` ((name, ...) tuples, in order) grouped by decoder layer."""
+    import itertools
+
+    return [list(g) for _, g in itertools.groupby(entries, key=lambda e: _layer_key(e[0]))]
+
+
 def _layer_key(name: str) -> str:
     """The decoder layer a parameter belongs to ("model.layers.3" for "model.layers.3.mlp.up_proj.weight");
     parameters outside numbered layers are their own group."""
@@ -102,21 +142,23 @@ def rollout_weights(module, zero3: bool):
     the yielded tensors are copies: vLLM may hold a layer's tensors until the layer is complete, and the
     gathered storage is released on leaving the context. Every rank must run this generator to the end.
     """
-    import itertools
-
     entries = rollout_params(module)
+    convert = checkpoint_converter(module)
     if not zero3:
-        for name, p, layer in entries:
-            yield name, _merged(p, layer)
+        if convert is None:
+            for name, p, layer in entries:
+                yield name, _merged(p, layer)
+            return
+        for group in _layer_groups(entries):
+            yield from convert([(name, _merged(p, layer)) for name, p, layer in group])
         return
     import deepspeed
 
-    for _, group in itertools.groupby(entries, key=lambda e: _layer_key(e[0])):
-        group = list(group)
+    for group in _layer_groups(entries):
         params = [p for _, p, _ in group]
         for _, _, layer in group:
             if layer is not None:
                 params.extend(q for n, q in layer.named_parameters() if "lora_" in n)
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            for name, p, layer in group:
-                yield name, _merged(p, layer).clone()
+            named = [(name, _merged(p, layer).clone()) for name, p, layer in group]
+        yield from (convert(named) if convert else named)
