@@ -16,9 +16,9 @@ class WeightSender:
 
     def specs(self) -> list:
         """(HF name, wire dtype, full shape) of every tensor ``broadcast`` sends, in order."""
-        from rlhf.models.loading import torch_dtype
-
         import torch
+
+        from rlhf.models.loading import torch_dtype
 
         wire = str(torch_dtype(self.dtype)).removeprefix("torch.")
         convert = checkpoint_converter(self.module)
