@@ -110,6 +110,7 @@ def execute(dcfg: DictConfig, progress: bool = True):
         raise
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg))
     (out / "plan.json").write_text(plan.to_json())
+    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(resolved_config(cfg)))
     sweep = sweep_parent()
     parent_run_id = sweep["run_id"] if sweep else None
     # A requeued or resumed job continues the MLflow run of its earlier attempt in the same output_dir; an
@@ -136,8 +137,13 @@ def execute(dcfg: DictConfig, progress: bool = True):
     )
     if tracker.run_id:
         write_run_record(out, tracker, parent_run_id)
-    tracker.log_params(OmegaConf.to_container(dcfg, resolve=True))
+    # The params are the values the run uses: the plan's choices (learning rate, batch, ZeRO stage) and the
+    # model's own architecture filled in, not the composed config's blanks or its preset's stale numbers.
+    # config.yaml is the command as composed (what a resume compares); resolved_config.yaml what ran.
+    resolved = resolved_config(cfg)
+    tracker.log_params(resolved)
     tracker.log_text(OmegaConf.to_yaml(dcfg), "config.yaml")
+    tracker.log_text(OmegaConf.to_yaml(resolved), "resolved_config.yaml")
     tracker.log_text(plan.to_json(), "plan.json")
     tracker.log_text(plan.table(), "plan.txt")
     print(plan.table())
@@ -175,6 +181,11 @@ def execute(dcfg: DictConfig, progress: bool = True):
     return result
 
 
+def resolved_config(cfg) -> dict:
+    """The typed config after planning, as plain containers: every value the run uses."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
 def _check_one_step_of_data(cfg, plan, report) -> None:
     """A data set smaller than one step, found while the check read it whole: refused before any process starts."""
     from rlhf.plan import PlanError
@@ -189,13 +200,23 @@ def _check_one_step_of_data(cfg, plan, report) -> None:
     key = "algo.prompts_per_step" if onpolicy else "algo.train_batch_samples"
     if rows >= need:
         return
-    unit = 1 if onpolicy else plan.micro_batch_per_gpu * plan.world_size
-    fit = max(rows // unit * unit, unit)
     chosen = any(key in c for c in getattr(plan, "chosen", ()))
+    # The largest step the rows hold, never more rows than there are: a multiple of the ranks (the planner then
+    # picks a micro-batch dividing it, unless one was given).
+    world = 1 if onpolicy else plan.world_size
+    micro_given = not any(c.startswith("algo.micro_batch_per_gpu=") for c in getattr(plan, "chosen", ()))
+    unit = world * plan.micro_batch_per_gpu if not onpolicy and micro_given else world
+    fit = rows // world * world
+    if fit < 1:
+        fix = f"add data: one step needs at least {world} rows (one per rank)"
+    elif rows >= unit:
+        fix = f"set {key}={rows // unit * unit} or add data"
+    else:  # a given micro-batch larger than the rows: a smaller one too
+        fix = f"set {key}={fit} and algo.micro_batch_per_gpu to a divisor of {fit // world}, or add data"
     raise PlanError(
         [
             f"the training data has about {rows} rows (after the held-out part), fewer than one step of {key}={need}"
-            f"{' (chosen by the planner for this model)' if chosen else ''}; set {key}={fit} or add data"
+            f"{' (chosen by the planner for this model)' if chosen else ''}; {fix}"
         ]
     )
 

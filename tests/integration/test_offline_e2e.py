@@ -103,6 +103,8 @@ def test_mlflow_holds_the_run(sft_run, mlflow_uri):
     params = run_.data.params
     assert params["algo.name"] == "sft" and params["algo.train_batch_samples"] == "8"
     assert params["model.name_or_path"] == "tiny:llama_chat" and params["hw.name"] == "cpu"
+    # The values the run used, the planner's included: the learning rate left unset (tiny preset: 2e-4).
+    assert float(params["algo.lr"]) == 2e-4 and params["model.hidden_size"] == "128"
     tags = run_.data.tags
     for key in ("algo", "model", "hw", "git_commit"):
         assert tags.get(key), f"tag {key} missing: {sorted(tags)}"
@@ -114,7 +116,7 @@ def test_mlflow_holds_the_run(sft_run, mlflow_uri):
     assert not bad, f"metric names not <area>/<name>: {bad}"
     assert len(metric_history(mlflow_uri, run_.info.run_id, "train/loss")) == result.steps
     top = {a.path for a in client.list_artifacts(run_.info.run_id)}
-    assert {"config.yaml", "plan.json", "model"} <= top, top
+    assert {"config.yaml", "resolved_config.yaml", "plan.json", "model"} <= top, top
     model_files = {Path(a.path).name for a in client.list_artifacts(run_.info.run_id, "model")}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= model_files, model_files
 

@@ -40,3 +40,20 @@ def test_cli_refuses_too_few_rows_for_one_step_with_a_batch_that_fits(tmp_path):
     assert "about 38 rows" in proc.stderr and "algo.train_batch_samples=36" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_the_advised_batch_never_exceeds_the_rows(tmp_path):
+    # 3 rows (none held out: round(0.15) = 0) and the tiny preset's micro-batch of 4: the advice is 3, which the
+    # planner then splits into micro-batches, not 4 (one micro-batch, more than the rows: refused again).
+    rows = tmp_path / "pc.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"prompt": f"What is {i} plus 1?", "completion": f"{i + 1}"}) + "\n" for i in range(3))
+    )
+    args = [sys.executable, "-m", "rlhf.run", "algo=sft", "tracking=none", f"data.train={rows}", "mode=plan"]
+    env = dict(os.environ, RAY_ADDRESS="")
+    proc = subprocess.run([*args, "algo.train_batch_samples=32"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 2 and "about 3 rows" in proc.stderr, proc.stderr[-2000:]
+    assert "set algo.train_batch_samples=3 or add data" in proc.stderr
+    # Following the advice plans.
+    proc = subprocess.run([*args, "algo.train_batch_samples=3"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
