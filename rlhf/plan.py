@@ -970,7 +970,11 @@ def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -
     rule = scale.source(a.name, onpolicy)
     if a.lr is None:
         a.lr, src = pick("lr", scale.learning_rate(a.name, onpolicy, cfg.model.params_b), rule)
-        chosen.append(f"algo.lr={a.lr:g} ({src}, {cfg.model.params_b:.3g}B parameters)")
+        lora = ""
+        if cfg.model.lora.rank > 0 and src == rule:
+            a.lr *= scale.LORA_LR_FACTOR
+            lora = f"; x{scale.LORA_LR_FACTOR:g} for LoRA, rlhf/scale.py LORA_LR_FACTOR"
+        chosen.append(f"algo.lr={a.lr:g} ({src}, {cfg.model.params_b:.3g}B parameters{lora})")
     if onpolicy and a.critic_lr is None:
         a.critic_lr, src = pick("critic_lr", scale.CRITIC_LR, rule)
         if a.advantage in _critic_estimators():

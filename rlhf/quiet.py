@@ -24,6 +24,8 @@ ENV = "RLHF_VERBOSE"
 _LOGGER_NOISE = (
     ("DeepSpeed", "Setting accelerator to CPU"),
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled"),
+    # Logged when peft imports bitsandbytes on a CPU machine; 4-bit training needs a GPU anyway.
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
 )
 # INFO chatter (database creation and migration) -> WARNING. The child loggers, since mlflow resets the level of
 # its "mlflow" logger when it is imported.

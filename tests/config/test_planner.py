@@ -434,3 +434,13 @@ def test_rollout_compile_reaches_the_engine_options():
         run, plan = _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "~tuning", "rollout=vllm", *given)
         opts = engine_options(plan, run.rollout, seed=0, tensor_parallel_size=1, enable_sleep=True)
         assert opts["compile"] is want and opts["enforce_eager"] is False
+
+
+def test_lora_takes_ten_times_the_full_fine_tuning_rate_unless_given():
+    full, _ = _plan("algo=sft", "model=qwen2_5_0_5b", "hw=h100x1")
+    lora, plan = _plan("algo=sft", "model=qwen2_5_0_5b", "hw=h100x1", "model.lora.rank=8")
+    assert lora.algo.lr == pytest.approx(10 * full.algo.lr) and any("x10 for LoRA" in c for c in plan.chosen)
+    grpo, _ = _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "model.lora.rank=8", "~tuning")
+    assert grpo.algo.lr == pytest.approx(1e-5)  # 10 x OpenRLHF's 1e-6 for PPO-family actors below 3B
+    given, _ = _plan("algo=sft", "model=qwen2_5_0_5b", "hw=h100x1", "model.lora.rank=8", "algo.lr=3e-5")
+    assert given.algo.lr == 3e-5
