@@ -118,6 +118,7 @@ class MLflowTracker:
             self.last_step = self._last_logged_steps(resume_run_id)
             self.logged_through = max(self.last_step.values(), default=-1)
             self.run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=log_system_metrics)
+            self._keep_end_reason_as_history()
         else:
             self.run = mlflow.start_run(
                 experiment_id=self.experiment_id, run_name=run_name, tags=tags, log_system_metrics=log_system_metrics
@@ -130,6 +131,16 @@ class MLflowTracker:
         driver = driver_id()
         self.mlflow.set_tag(TAG_DRIVER, driver)
         self.guard = start_guard(self.uri, self.run_id, driver)
+
+    def _keep_end_reason_as_history(self) -> None:
+        """A resumed run is no longer ended: why its earlier attempt stopped moves to `rlhf.interrupted`, and the
+        end reason goes (a run that then finishes carries none)."""
+        from rlhf.tracking.lineage import TAG_END_REASON
+
+        reason = self.run.data.tags.get(TAG_END_REASON)
+        if reason:
+            self.mlflow.set_tag("rlhf.interrupted", reason)
+            self.mlflow.delete_tag(TAG_END_REASON)
 
     def _last_logged_steps(self, run_id: str) -> dict[str, int]:
         client = self.mlflow.tracking.MlflowClient(self.uri)

@@ -82,3 +82,15 @@ def test_the_run_being_resumed_is_left_to_the_resume(tmp_path):
     resumed = MLflowTracker(uri=uri, experiment="e", run_name="r", resume_run_id=rid)
     resumed.end()
     assert MlflowClient(uri).get_run(rid).info.status == "FINISHED"
+
+
+def test_a_resumed_run_that_finishes_keeps_why_it_was_interrupted_but_no_end_reason(tmp_path):
+    from rlhf.tracking.lineage import TAG_END_REASON, close_orphaned_run
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    rid = _orphan(tmp_path, uri, steps=2)
+    close_orphaned_run(tmp_path)  # the next start marks it KILLED with the reason ...
+    MLflowTracker(uri=uri, experiment="e", run_name="r", resume_run_id=rid).end()  # ... and resumes it
+    run = MlflowClient(uri).get_run(rid)
+    assert run.info.status == "FINISHED" and TAG_END_REASON not in run.data.tags
+    assert "driver died without ending it (last logged step 2)" in run.data.tags["rlhf.interrupted"]
