@@ -982,13 +982,24 @@ def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -
     if a.train_batch_samples is None:
         tbs, src = pick("train_batch_samples", scale.train_batch_samples(a.name, onpolicy), rule)
         raised = _per_rank_batch(tbs, world, _micro_cap(cfg)) * world
-        a.train_batch_samples = raised
         why = f"{src}" + (
             f", raised from {tbs} to a multiple of the {world} ranks whose share per rank has a micro-batch "
             "divisor near the largest tried"
             if raised != tbs
             else ""
         )
+        rollout = a.prompts_per_step * a.samples_per_prompt if onpolicy and a.prompts_per_step else None
+        if rollout and rollout % raised:
+            # The rollout size was given: the batch is the largest that splits it into whole optimizer steps
+            # over the ranks (not a batch larger than the rollout, which no rollout could fill).
+            fits = [d for d in _divisors(rollout) if d % world == 0 and d <= tbs]
+            if fits:
+                raised = max(fits)
+                why = (
+                    f"{src} gives {tbs}; lowered to the largest batch that splits the {rollout} rollout samples of "
+                    f"algo.prompts_per_step={a.prompts_per_step} x {a.samples_per_prompt} over {world} rank(s)"
+                )
+        a.train_batch_samples = raised
         chosen.append(f"algo.train_batch_samples={raised} ({why})")
     if onpolicy and a.prompts_per_step is None and a.samples_per_prompt >= 1:
         samples, src = pick(

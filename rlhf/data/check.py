@@ -143,9 +143,34 @@ def check_run_data(cfg, tokenizer: Any = None) -> DataReport:
             problems.append(e)
     if spec.family == "onpolicy":
         problems += _check_reward_fields(cfg, report)
+        _warn_short_rollouts(cfg, report, tokenizer)
     if problems:
         raise DataCheckError(problems, report)
     return report
+
+
+def _warn_short_rollouts(cfg, report: DataReport, tokenizer) -> None:
+    """Reference solutions in the rows (GSM8K's worked answer, a `solution` field) far longer than
+    rollout.max_new_tokens: most generations would be cut before their answer."""
+    limit = getattr(getattr(cfg, "rollout", None), "max_new_tokens", None)
+    if tokenizer is None or not limit:
+        return
+    for s in report.sources:
+        refs = [
+            e["example"].get("fields", {}).get("solution")
+            for e in s.examples
+            if isinstance(e["example"].get("fields", {}).get("solution"), str)
+        ]
+        if not refs:
+            continue
+        lengths = sorted(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
+        median = lengths[len(lengths) // 2]
+        if median > limit:
+            report.warnings.append(
+                f"source '{s.name}': its reference solutions are {median} tokens long (median of {len(lengths)}), "
+                f"more than rollout.max_new_tokens={limit}: most answers would be cut before the end; raise "
+                "rollout.max_new_tokens"
+            )
 
 
 def _missing_model_files(model_cfg) -> List[str]:

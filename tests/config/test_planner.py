@@ -444,3 +444,15 @@ def test_lora_takes_ten_times_the_full_fine_tuning_rate_unless_given():
     assert grpo.algo.lr == pytest.approx(1e-5)  # 10 x OpenRLHF's 1e-6 for PPO-family actors below 3B
     given, _ = _plan("algo=sft", "model=qwen2_5_0_5b", "hw=h100x1", "model.lora.rank=8", "algo.lr=3e-5")
     assert given.algo.lr == 3e-5
+
+
+def test_a_given_rollout_size_lowers_the_planners_batch_to_split_it():
+    # 2 prompts x 4 samples = 8 rollout samples: the rule's 128 could never be filled; 8 splits them.
+    run, plan = _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "~tuning", "algo.prompts_per_step=2")
+    assert plan.train_batch_samples == 8 and any("lowered to the largest batch" in c for c in plan.chosen)
+    # 24 prompts x 4 = 96 over 2 ranks: the largest even divisor of 96 up to 128 is 96.
+    _, plan = _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x2", "~tuning", "algo.prompts_per_step=24")
+    assert plan.train_batch_samples == 96
+    # A batch given with the rollout size is kept, and checked.
+    with pytest.raises(PlanError, match="not divisible by algo.train_batch_samples=128"):
+        _plan("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "algo.prompts_per_step=2", "algo.train_batch_samples=128")

@@ -337,3 +337,16 @@ def test_a_model_folder_with_only_config_json_plans_but_does_not_run(files, tmp_
     assert f"model.name_or_path={folder}: the folder holds no tokenizer" in msg and "model.tokenizer=" in msg
     assert f"model.name_or_path={folder}: the folder holds no weights" in msg
     assert "chat_template" not in msg
+
+
+def test_reference_solutions_longer_than_the_rollout_are_warned_about(files):
+    def warnings(*extra):
+        return [
+            w
+            for w in check_run_data(typed("algo=grpo", f"data.train={files['gsm']}", *extra)).warnings
+            if "solutions" in w
+        ]
+
+    assert warnings() == []  # "7 + 3 = 10\n#### 10": a few tokens, within the default 16
+    (w,) = warnings("rollout.max_new_tokens=3")
+    assert "reference solutions are" in w and "rollout.max_new_tokens=3" in w and "raise rollout.max_new_tokens" in w
