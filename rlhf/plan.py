@@ -125,18 +125,19 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def table(self) -> str:
+        unit = "per GPU" if self.total_gpus else "per rank"
         lines = [
             f"algo            {self.algo} ({self.family}, objective {self.objective}, data task {self.task})",
-            f"device          {self.device} x {self.total_gpus or 'CPU'}  dtype {self.dtype}  ZeRO-{self.zero_stage}"
-            + (f"  ({self.machine})" if self.machine else ""),
+            f"device          {f'{self.device} x {self.total_gpus}' if self.total_gpus else self.device}  "
+            f"dtype {self.dtype}  ZeRO-{self.zero_stage}" + (f"  ({self.machine})" if self.machine else ""),
             f"tuning          {f'conf/tuning/{self.tuning}.yaml' if self.tuning else 'none'}",
-            f"batch           {self.train_batch_samples} samples/step = {self.micro_batch_per_gpu} per GPU "
+            f"batch           {self.train_batch_samples} samples/step = {self.micro_batch_per_gpu} {unit} "
             f"x {self.world_size} ranks x {self.grad_accum} accumulation; sequences of {self.seq_len} tokens",
         ]
         for r in self.roles:
             if r.trained and r.role != "actor":
                 lines.append(
-                    f"batch {r.role:<9} {r.train_batch_samples} samples/step = {r.micro_batch_per_gpu} per GPU "
+                    f"batch {r.role:<9} {r.train_batch_samples} samples/step = {r.micro_batch_per_gpu} {unit} "
                     f"x {r.dp_ranks} ranks x {r.grad_accum} accumulation"
                 )
         if self.family == "onpolicy":
