@@ -106,8 +106,9 @@ def claim_run_dir(out: Path, *, resume: bool) -> RunDirClaim:
             steps = finished.get("steps", "?")
             raise RunDirError(
                 f"output_dir {out} holds a run that already finished ({finished.get('algo', '?')}, {steps} steps, "
-                f"model in {finished.get('model_dir') or out / 'final'}); there is nothing to resume. Give a new "
-                "output_dir=..., or resume=false to train again from scratch in this directory"
+                f"model in {finished.get('model_dir') or out / 'final'}); there is nothing to resume. To train on "
+                f"from it: model.name_or_path={finished.get('model_dir') or out / 'final'} with a new output_dir=...; "
+                "to train again from scratch in this directory: resume=false"
             )
         (out / FINISHED_FILE).unlink()
     handle.seek(0)

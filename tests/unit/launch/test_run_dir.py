@@ -61,8 +61,9 @@ def test_finished_run_is_not_resumed_and_resume_false_starts_over(tmp_path):
     claim_run_dir(tmp_path, resume=True).release()
     mark_finished(tmp_path, {"algo": "sft", "steps": 8, "model_dir": str(tmp_path / "final")})
     assert finished_info(tmp_path)["steps"] == 8
-    with pytest.raises(RunDirError, match=r"already finished \(sft, 8 steps.*resume=false"):
+    with pytest.raises(RunDirError, match=r"already finished \(sft, 8 steps.*resume=false") as info:
         claim_run_dir(tmp_path, resume=True)
+    assert f"To train on from it: model.name_or_path={tmp_path / 'final'} with a new output_dir" in str(info.value)
     claim = claim_run_dir(tmp_path, resume=False)
     assert not (tmp_path / FINISHED_FILE).exists()
     claim.release()
