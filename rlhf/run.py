@@ -93,6 +93,8 @@ def execute(dcfg: DictConfig, progress: bool = True):
             check_run_data(cfg)
         except DataCheckError as d:
             raise PlanError([*e.problems, str(d).replace("\n", "\n    ")]) from None
+        except Exception:  # noqa: BLE001 - a data check that cannot run on an unplanned config: the plan's say
+            raise e from None
         raise
     data_report = check_run_data(cfg)
     _check_one_step_of_data(cfg, plan, data_report)
