@@ -4,8 +4,8 @@
   python benchmarks/vllm_standalone.py a --gpu-memory-utilization 0.5 --repeats 3
 
 The same model folder and prompts as `python -m rlhf.bench grpo_qwen0_5b` (conf/bench/grpo_qwen0_5b.yaml),
-sampled at temperature 1 with exactly --new-tokens per response, log-probs returned as the project's engine
-asks for them; one warm-up generate, then --repeats timed ones. Run it in the same device session as the
+sampled at temperature 1 with exactly --new-tokens per response, with the project's engine arguments (sleep
+mode on, token ids and the sampled token's processed log-prob back, no detokenization); one warm-up generate, then --repeats timed ones. Run it in the same device session as the
 bench, so that `perf/generate_tokens_per_s` / this script's tokens/s is the in-loop share of the ceiling.
 The JSON report goes to --results (default $OUT, else benchmarks/results/).
 """
@@ -37,12 +37,15 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="the plan's value for (a)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="as rollout.compile=false")
+    p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--model", default=None, help="a model folder (default: the workload's)")
     p.add_argument("--results", default=os.environ.get("OUT") or str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     from rlhf.bench.models import resolve_model
-    from rlhf.engines.vllm_engine import compilation_without_compile
+    from rlhf.engines.vllm_engine import _engine_arg_exists, _sampling_param_exists, compilation_without_compile
 
     model = args.model or str(resolve_model("shape:qwen2_5_0_5b"))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -50,9 +53,20 @@ def main(argv=None) -> int:
     from vllm.platforms import current_platform
 
     device = "cpu" if current_platform.is_cpu() else current_platform.device_type
-    options = {"compilation_config": compilation_without_compile(device)} if args.no_compile else {}
+    # The project's engine arguments (rlhf/engines/vllm_engine.py), so that only the loop around it differs.
+    options: dict = {"compilation_config": compilation_without_compile(device)} if args.no_compile else {}
+    if _engine_arg_exists("logprobs_mode"):
+        options["logprobs_mode"] = "processed_logprobs"
     t0 = time.time()
-    llm = LLM(model=model, dtype="auto", gpu_memory_utilization=args.gpu_memory_utilization, seed=0, **options)
+    llm = LLM(
+        model=model,
+        dtype="auto",
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_sleep_mode=current_platform.is_sleep_mode_available(),
+        max_model_len=args.max_model_len,
+        seed=0,
+        **options,
+    )
     start_s = time.time() - t0
     tokenizer = llm.get_tokenizer()
     prompts = [{"prompt_token_ids": tokenizer(t)["input_ids"][:128]} for t in _prompts(args.prompts)]
@@ -63,7 +77,9 @@ def main(argv=None) -> int:
         min_tokens=args.new_tokens,
         ignore_eos=True,
         logprobs=0,
+        detokenize=False,
         seed=0,
+        **({"flat_logprobs": True} if _sampling_param_exists("flat_logprobs") else {}),
     )
     llm.generate(prompts, params, use_tqdm=False)  # warm-up: CUDA graphs, caches
     times, tokens = [], 0

@@ -943,11 +943,14 @@ def _scale_defaults(cfg: RunConfig):
     return (key, table[key]) if key in table else (None, None)
 
 
-def _per_rank_batch(tbs: int, world: int, cap: int) -> int:
+def _per_rank_batch(tbs: int, world: int, cap: int, micro: Optional[int] = None) -> int:
     """Samples per rank for a batch of about `tbs` over `world` ranks: at least one each, and a count with a
     divisor of at least half the largest micro-batch tried (128 over 3 ranks: 44 per rank, micro-batch 11, not
-    the prime 43 whose only micro-batch is 1), raised by at most a quarter; else the smallest count."""
+    the prime 43 whose only micro-batch is 1), raised by at most a quarter; else the smallest count. With a
+    given micro-batch, a multiple of it (the next one up, whatever the raise)."""
     least = -(-tbs // world)
+    if micro:
+        return -(-least // micro) * micro
     want = max(min(cap, least) // 2, 1)
     for per_rank in range(least, least + least // 4 + 1):
         if max(d for d in _divisors(per_rank) if d <= cap) >= want:
@@ -982,18 +985,18 @@ def _fill_scale(cfg: RunConfig, spec: AlgoSpec, world: int, chosen: list[str]) -
             chosen.append(f"algo.critic_lr={a.critic_lr:g} ({src})")
     if a.train_batch_samples is None:
         tbs, src = pick("train_batch_samples", scale.train_batch_samples(a.name, onpolicy), rule)
-        raised = _per_rank_batch(tbs, world, _micro_cap(cfg)) * world
-        why = f"{src}" + (
-            f", raised from {tbs} to a multiple of the {world} ranks whose share per rank has a micro-batch "
-            "divisor near the largest tried"
-            if raised != tbs
-            else ""
+        raised = _per_rank_batch(tbs, world, _micro_cap(cfg), a.micro_batch_per_gpu) * world
+        share = (
+            f"x algo.micro_batch_per_gpu={a.micro_batch_per_gpu}"
+            if a.micro_batch_per_gpu
+            else "whose share per rank has a micro-batch divisor near the largest tried"
         )
+        why = f"{src}" + (f", raised from {tbs} to a multiple of the {world} ranks {share}" if raised != tbs else "")
         rollout = a.prompts_per_step * a.samples_per_prompt if onpolicy and a.prompts_per_step else None
         if rollout and rollout % raised:
             # The rollout size was given: the batch is the largest that splits it into whole optimizer steps
             # over the ranks (not a batch larger than the rollout, which no rollout could fill).
-            fits = [d for d in _divisors(rollout) if d % world == 0 and d <= tbs]
+            fits = [d for d in _divisors(rollout) if d % (world * (a.micro_batch_per_gpu or 1)) == 0 and d <= tbs]
             if fits:
                 raised = max(fits)
                 why = (

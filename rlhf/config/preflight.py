@@ -229,7 +229,7 @@ def check_point(overrides: list[str], config_name: str = "config", data: bool = 
             break
         except Exception as e:  # noqa: BLE001 - every composition error becomes a message
             problems.append(explain(e, remaining, config_name))
-            key = _failing_key(e)
+            key = _failing_key(e, remaining)
             kept = [o for o in remaining if _override_key(o) != key]
             if key is None or len(kept) == len(remaining):
                 return "\n".join(problems)
@@ -273,21 +273,26 @@ def plan_and_data_problems(run, data: bool = True) -> list[str]:
             check_run_data(run)
         except (DataCheckError, DataError) as e:
             problems.append(str(e))
+        except Exception:  # noqa: BLE001 - a config the command line could not compose as meant (an unknown
+            pass  # algorithm, say) has no data check to run; its own problems are reported
     return problems
 
 
-def _failing_key(error: Exception) -> Optional[str]:
+def _failing_key(error: Exception, overrides: list[str] = ()) -> Optional[str]:
     """The config key of the override a composition error is about, when the error names one."""
     text = _chain_text(error)
     for pattern in (
         r"full_key: (\S+)",
         r"Error merging override (\S+)",
         r"Could not override '([^']+)'",
-        r"Could not find '([^'/]+)/",  # an unknown option of a config group: the group's override
     ):
         m = re.search(pattern, text)
         if m:
             return m.group(1).lstrip("+~").split("=")[0]
+    # An unknown option of a config group: the override naming it (not one a config file's defaults name).
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if m and any(o.lstrip("+~") == f"{m.group(1)}={m.group(2)}" for o in overrides):
+        return m.group(1)
     return None
 
 

@@ -131,10 +131,10 @@ def check_run_data(cfg, tokenizer: Any = None) -> DataReport:
     problems: List[DataError] = []
     if tokenizer is None:
         tokenizer, note = _tokenizer(cfg.model)
-        if note:
+        missing = _missing_model_files(cfg.model) if cfg.mode != "plan" else []  # a plan needs only config.json
+        problems += [DataError(m) for m in missing]
+        if note and not missing:
             report.notes.append(note)
-        if cfg.mode != "plan":  # a plan needs only the architecture (config.json)
-            problems += [DataError(m) for m in _missing_model_files(cfg.model)]
     step_tag = getattr(cfg.algo, "step_tag", None) or "<|step|>"
     for name, src in data.sources.items():
         try:

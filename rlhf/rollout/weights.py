@@ -6,6 +6,8 @@ parameters are left untouched). ``WeightSender`` is trainer rank 0's end of the 
 
 from __future__ import annotations
 
+import weakref
+
 
 class WeightSender:
     """Policy rank 0's side of the weight-sync group with separate engines (rlhf/workers/rollout.py)."""
@@ -88,6 +90,15 @@ def checkpoint_converter(module):
     (``mlp.experts.gate_up_proj``) that its checkpoints, and vLLM's loaders, keep per expert
     (``block_sparse_moe.experts.<e>.w1.weight``). transformers' own reverse conversion (what save_pretrained
     applies) does the mapping; models without conversions (dense Llama, Qwen2) pass unchanged."""
+    if module in _CONVERTERS:
+        return _CONVERTERS[module]
+    _CONVERTERS[module] = convert = _checkpoint_converter(module)
+    return convert
+
+
+def _checkpoint_converter(module):
+    import torch
+
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import revert_weight_conversion
@@ -98,13 +109,26 @@ def checkpoint_converter(module):
     if conversions is None:
         conversions = get_model_conversion_mapping(base, add_legacy=False) or []
         conversions = [c for c in conversions if type(c).__name__ != "PrefixChange"]
+        if conversions:
+            base._weight_conversions = conversions  # what save_pretrained computes; computed once, not per layer
     if not conversions:
         return None
 
     def convert(named):
         return list(dict(revert_weight_conversion(base, dict(named))).items())
 
-    return convert
+    # Only a conversion that changes names or shapes is applied: some transformers releases keep every
+    # conversion they tried at load (legacy renamings too), also for dense models whose names need none.
+    for group in _layer_groups(rollout_params(module)):
+        named = [(n, torch.empty(tuple(getattr(p, "ds_shape", p.shape)), device="meta")) for n, p, _ in group]
+        if sorted((n, tuple(t.shape)) for n, t in convert(named)) != sorted((n, tuple(t.shape)) for n, t in named):
+            return convert
+    return None
+
+
+# module -> its converter (or None), computed on the first sync: the mapping and the check cost a pass over
+# every layer's names.
+_CONVERTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _layer_groups(entries):

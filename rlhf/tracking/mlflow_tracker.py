@@ -158,7 +158,8 @@ class MLflowTracker:
         # A resumed run keeps its first config as params (MLflow refuses to change them); what the resuming
         # command changed is recorded as tags, so the run still tells which settings its later steps used.
         logged = self.mlflow.get_run(self.run_id).data.params
-        changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)[:6000]}
+        # "None": a value the run's first attempt left to the planner (its params were the composed config's).
+        changed = {k: v for k, v in flat.items() if k in logged and logged[k] not in (str(v)[:6000], "None")}
         if changed:
             log.warning(
                 "resumed run %s: config changed since it started: %s",

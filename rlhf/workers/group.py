@@ -136,6 +136,13 @@ class ActorGroup:
         return self.wait(refs, method, timeout_s)
 
     def submit(self, method: str, *args, per_rank=None, **kwargs) -> list:
+        if self.beats:
+            # Each known rank's cgroup OOM count before the call: a rank killed before the first poll of the
+            # wait (a fast allocation) is then still judged against the cgroup it is in now.
+            for state in self.ranks:
+                pid = state.local_pid
+                if pid is not None:
+                    state.oom = _oom_counter(pid) or state.oom
         refs = []
         for rank, actor in enumerate(self.actors):
             a = per_rank[rank] if per_rank is not None else args

@@ -225,6 +225,10 @@ def test_a_batch_over_three_ranks_is_raised_to_a_share_with_a_useful_micro_batch
     _, plan = _plan("algo=grpo", "model=qwen2_5_1_5b", "hw=l40sx4", "rollout=vllm", "placement=separate")
     assert plan.role("actor").num_workers == 3
     assert (plan.train_batch_samples, plan.micro_batch_per_gpu, plan.grad_accum) == (132, 11, 4)
+    # A given micro-batch: the batch is raised to whole micro-batches on every rank (48 per rank), not 44.
+    assert _per_rank_batch(128, 3, 16, micro=16) == 48
+    _, plan = _plan("algo=sft", "model=qwen2_5_0_5b", "hw=cpu", "hw.cpu_workers=3", "algo.micro_batch_per_gpu=16")
+    assert (plan.train_batch_samples, plan.micro_batch_per_gpu) == (144, 16)
 
 
 def test_explicit_values_are_kept_and_checked():

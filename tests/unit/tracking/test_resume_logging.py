@@ -94,3 +94,15 @@ def test_a_resumed_run_that_finishes_keeps_why_it_was_interrupted_but_no_end_rea
     run = MlflowClient(uri).get_run(rid)
     assert run.info.status == "FINISHED" and TAG_END_REASON not in run.data.tags
     assert "driver died without ending it (last logged step 2)" in run.data.tags["rlhf.interrupted"]
+
+
+def test_values_the_first_attempt_left_to_the_planner_are_not_reported_as_changed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    first = MLflowTracker(uri=uri, experiment="e", run_name="r")
+    first.log_params({"algo": {"lr": None, "beta": 0.1}})
+    first.end("KILLED")
+    resumed = MLflowTracker(uri=uri, experiment="e", run_name="r", resume_run_id=first.run_id)
+    resumed.log_params({"algo": {"lr": 1e-6, "beta": 0.2}})
+    resumed.end()
+    tags = MlflowClient(uri).get_run(first.run_id).data.tags
+    assert tags.get("resumed_with.algo.beta") == "0.2" and "resumed_with.algo.lr" not in tags
