@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -278,7 +278,7 @@ def plan_and_data_problems(run, data: bool = True) -> list[str]:
     return problems
 
 
-def _failing_key(error: Exception, overrides: list[str] = ()) -> Optional[str]:
+def _failing_key(error: Exception, overrides: Sequence[str] = ()) -> Optional[str]:
     """The config key of the override a composition error is about, when the error names one."""
     text = _chain_text(error)
     for pattern in (
