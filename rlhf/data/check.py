@@ -156,11 +156,8 @@ def _warn_short_rollouts(cfg, report: DataReport, tokenizer) -> None:
     if tokenizer is None or not limit:
         return
     for s in report.sources:
-        refs = [
-            e["example"].get("fields", {}).get("solution")
-            for e in s.examples
-            if isinstance(e["example"].get("fields", {}).get("solution"), str)
-        ]
+        found = (e["example"].get("fields", {}).get("solution") for e in s.examples)
+        refs = [r for r in found if isinstance(r, str)]
         if not refs:
             continue
         lengths = sorted(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
@@ -288,16 +285,7 @@ def _bad_row_problems(name, src, fmt, opts, out: SourceReport, data, problems, r
     first = next(b for b in out.bad if b.reason == reason)
     share = len(out.bad) / max(out.rows, 1)
     if data.bad_rows == "error":
-        b = out.bad[0]
-        problems.append(
-            DataError(
-                b.reason + (f" ({b.detail})" if b.detail else ""),
-                source=name,
-                origin=b.origin,
-                key=_config_key(name, fmt, opts, b.key),
-                hint="fix or delete the row, or set data.bad_rows=skip to leave such rows out",
-            )
-        )
+        problems.append(_bad_row_error(name, fmt, opts, out.bad[0]))
     elif out.good == 0 or share > data.max_bad_fraction:
         detail = f" ({first.detail})" if first.detail else ""
         problems.append(
@@ -315,6 +303,17 @@ def _bad_row_problems(name, src, fmt, opts, out: SourceReport, data, problems, r
             f"source '{name}': {len(out.bad)} of the first {out.rows} rows will be skipped "
             f"(most common: {count} x {reason}, first at {first.origin})"
         )
+
+
+def _bad_row_error(name: str, fmt: Format, opts, b: BadRow, what: str = "") -> DataError:
+    """data.bad_rows=error: the first bad row stops the run; named with its place and config key."""
+    return DataError(
+        what + b.reason + (f" ({b.detail})" if b.detail else ""),
+        source=name,
+        origin=b.origin,
+        key=_config_key(name, fmt, opts, b.key),
+        hint="fix or delete the row, or set data.bad_rows=skip to leave such rows out",
+    )
 
 
 def _config_key(name: str, fmt: Format, opts, row_key: Optional[str]) -> Optional[str]:
@@ -375,16 +374,7 @@ def _eval_text(kind, path, split, src, data, name, task, fmt, opts, problems) ->
     good = len(read.rows)
     if read.bad and data.bad_rows == "error":
         # The run reads the eval rows under the same policy: the first bad one would stop it mid-run.
-        b = read.bad[0]
-        problems.append(
-            DataError(
-                f"eval row: {b.reason}{' (' + b.detail + ')' if b.detail else ''}",
-                source=name,
-                origin=b.origin,
-                key=_config_key(name, fmt, opts, b.key),
-                hint="fix or delete the row, or set data.bad_rows=skip to leave such rows out",
-            )
-        )
+        problems.append(_bad_row_error(name, fmt, opts, read.bad[0], "eval row: "))
     elif read.bad and (good == 0 or len(read.bad) > data.max_bad_fraction * (good + len(read.bad))):
         b = read.bad[0]
         problems.append(

@@ -96,7 +96,7 @@ def read_source(
     """
     check_bad_row_policy(bad_rows, max_bad_fraction)
     collector = _Collector(name, bad_rows, check, key_fields, limit)
-    path_key = f"data.sources.{name}.{'path' if path is None else 'eval_path'}"
+    path_key = _path_key(name, path)
     path = str(src.path if path is None else path)
     local = _resolve_local(name, path, path_key)
     try:
@@ -140,10 +140,15 @@ def asset_root() -> Path:
 # ----------------------------------------------------------------------------------------------- resolving paths
 
 
+def _path_key(name: str, eval_path: Optional[str]) -> str:
+    """The config key a source's path came from: its path, or the eval_path (which data.eval sets) read instead."""
+    return f"data.sources.{name}.{'path' if eval_path is None else 'eval_path'}"
+
+
 def _resolve_local(name: str, path: str, key: Optional[str] = None) -> Optional[Path]:
     """The local file or directory `path` names, or None for a hub data set name. `key`: the config key that
     gave the path (data.sources.<name>.path unless told; eval_path, which data.eval sets, for the eval rows)."""
-    key = key or f"data.sources.{name}.path"
+    key = key or _path_key(name, None)
     if path.startswith("asset:"):
         return _resolve_asset(name, path[len("asset:") :])
     if path.startswith("json@"):
@@ -192,8 +197,7 @@ def _resolve_asset(name: str, asset: str) -> Path:
 def split_available(name: str, src: SourceConfig, split: str, path: Optional[str] = None) -> bool:
     """Whether a local source holds `split` (a single file holds only its training split); True for hub names,
     whose splits are known only when loading."""
-    key = f"data.sources.{name}.{'path' if path is None else 'eval_path'}"
-    local = _resolve_local(name, str(src.path if path is None else path), key)
+    local = _resolve_local(name, str(src.path if path is None else path), _path_key(name, path))
     if local is None:
         return _hub_has_split(str(src.path if path is None else path), split, src.hub_config)
     try:
@@ -544,7 +548,7 @@ def _read_hub(name: str, path: str, split: str, config: Optional[str] = None, ke
             f"'{path}' was not found locally (cwd {os.getcwd()}) and the Hugging Face hub could not load it, "
             f"split '{split}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             source=name,
-            key=key or f"data.sources.{name}.path",
+            key=key or _path_key(name, None),
             hint="the hub may be unreachable or offline (HF_HUB_OFFLINE): download the data set where the hub is "
             "reachable and point the path at the local files, or fix the name/split",
         ) from e

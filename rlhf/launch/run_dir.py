@@ -104,10 +104,11 @@ def claim_run_dir(out: Path, *, resume: bool) -> RunDirClaim:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
             steps = finished.get("steps", "?")
+            model = finished.get("model_dir") or out / "final"
             raise RunDirError(
                 f"output_dir {out} holds a run that already finished ({finished.get('algo', '?')}, {steps} steps, "
-                f"model in {finished.get('model_dir') or out / 'final'}); there is nothing to resume. To train on "
-                f"from it: model.name_or_path={finished.get('model_dir') or out / 'final'} with a new output_dir=...; "
+                f"model in {model}); there is nothing to resume. To train on "
+                f"from it: model.name_or_path={model} with a new output_dir=...; "
                 "to train again from scratch in this directory: resume=false"
             )
         (out / FINISHED_FILE).unlink()

@@ -18,16 +18,14 @@ class WeightSender:
 
     def specs(self) -> list:
         """(HF name, wire dtype, full shape) of every tensor ``broadcast`` sends, in order."""
-        import torch
-
         from rlhf.models.loading import torch_dtype
 
         wire = str(torch_dtype(self.dtype)).removeprefix("torch.")
         convert = checkpoint_converter(self.module)
         out = []
         for group in _layer_groups(rollout_params(self.module)):
-            # The shapes as sent: fused experts split per expert (meta tensors: no memory, no copy).
-            named = [(name, torch.empty(tuple(getattr(p, "ds_shape", p.shape)), device="meta")) for name, p, _ in group]
+            # The shapes as sent: fused experts split per expert.
+            named = _meta(group)
             out += [(name, wire, tuple(t.shape)) for name, t in (convert(named) if convert else named)]
         return out
 
@@ -97,8 +95,6 @@ def checkpoint_converter(module):
 
 
 def _checkpoint_converter(module):
-    import torch
-
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import revert_weight_conversion
@@ -120,7 +116,7 @@ def _checkpoint_converter(module):
     # Only a conversion that changes names or shapes is applied: some transformers releases keep every
     # conversion they tried at load (legacy renamings too), also for dense models whose names need none.
     for group in _layer_groups(rollout_params(module)):
-        named = [(n, torch.empty(tuple(getattr(p, "ds_shape", p.shape)), device="meta")) for n, p, _ in group]
+        named = _meta(group)
         if sorted((n, tuple(t.shape)) for n, t in convert(named)) != sorted((n, tuple(t.shape)) for n, t in named):
             return convert
     return None
@@ -129,6 +125,13 @@ def _checkpoint_converter(module):
 # module -> its converter (or None), computed on the first sync: the mapping and the check cost a pass over
 # every layer's names.
 _CONVERTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _meta(group) -> list:
+    """(name, meta tensor of the parameter's full shape) for rollout_params entries: shapes without memory."""
+    import torch
+
+    return [(n, torch.empty(tuple(getattr(p, "ds_shape", p.shape)), device="meta")) for n, p, _ in group]
 
 
 def _layer_groups(entries):
