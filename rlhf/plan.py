@@ -798,6 +798,16 @@ def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
                 f"must offload their states while vLLM generates, or lower rollout.gpu_memory_utilization to about "
                 f"{room:.2f}"
             )
+    if cfg.algo.async_rollout and cfg.placement.mode == "colocated" and ro.enable_sleep:
+        train = [m for r, m in by_role.items() if r in ("actor", "ref", "critic")]
+        peak = sum(m.weights_gib + m.grads_gib + m.optimizer_gib + m.other_gib for m in train)
+        peak += max((m.activations_gib for m in train), default=0.0)
+        left = cfg.hw.gpu_memory_gb - peak
+        notes.append(
+            "algo.async_rollout with a sleeping colocated engine: generation and training still take turns "
+            f"(staleness 1, no overlap). rollout.enable_sleep=false keeps the engine awake to generate beside "
+            f"training; it would get about {max(left, 0.0):.1f} GiB next to a training peak of {peak:.1f} GiB per GPU"
+        )
     return notes
 
 

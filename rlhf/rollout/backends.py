@@ -43,3 +43,18 @@ def has_engines(name: str) -> bool:
     """Engines with their own weights and GPU memory (planned apart from the policy's training states)."""
     b = BACKENDS.get(name)
     return b is not None and b.own_weights
+
+
+def overlaps_in_policy(algo, rollout, placement_mode: str) -> bool:
+    """Colocated overlap: with ``algo.async_rollout`` and engines that stay awake (``rollout.enable_sleep=false``),
+    each policy rank generates step k+1 on its own thread and CUDA stream while the rank computes step k's
+    log-probs and update (rlhf/controllers/onpolicy.py). Needs an engine with its own copy of the weights: HF
+    generate samples from the very module being trained."""
+    b = BACKENDS.get(rollout.backend)
+    return bool(
+        getattr(algo, "async_rollout", False)
+        and b is not None
+        and b.own_weights
+        and placement_mode != "separate"
+        and not rollout.enable_sleep
+    )

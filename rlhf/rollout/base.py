@@ -17,6 +17,9 @@ class Rollout(Protocol):
     checks_consistency: bool
     # Generation runs on other processes than the policy ranks (placement=separate): it can overlap training.
     separate: bool
+    # A submitted generation runs beside the log-prob passes and the update (separate engines, or awake
+    # colocated engines on their own thread of each policy rank: rlhf.rollout.backends.overlaps_in_policy).
+    overlaps: bool
 
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
         """One response per row of `prompts` (rows already repeated samples_per_prompt times). Timings:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 
-from rlhf.rollout.backends import backend
+from rlhf.rollout.backends import backend, overlaps_in_policy
 from rlhf.rollout.base import Rollout, Timings
 from rlhf.types import PromptBatch, RolloutBatch
+
+# The policy actors' concurrency group for generation beside training (colocated overlap): one call at a time.
+ROLLOUT_THREAD = "rollout"
 
 
 def uses_separate_engines(rollout_cfg, placement_mode: str) -> bool:
@@ -71,6 +74,7 @@ def colocated_vllm(worker):
         sleep_level=s.rollout.sleep_level,
         weights=lambda: rollout_weights(worker.engine.module, zero3),
         lora_4bit=s.model.lora.load_in_4bit,
+        side_stream=overlaps_in_policy(s.algo, s.rollout, s.placement_mode),
     )
 
 
@@ -80,17 +84,20 @@ class InPolicyRollout:
 
     separate = False
 
-    def __init__(self, actor_group, own_weights: bool):
+    def __init__(self, actor_group, own_weights: bool, overlaps: bool = False):
         self.actor = actor_group
         # HF generate runs on the trained module itself: nothing to copy, nothing to check.
         self.checks_consistency = own_weights
+        # Awake engines on each rank's "rollout" thread (the actors were started with that concurrency group).
+        self.overlaps = overlaps
 
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> tuple[RolloutBatch, Timings]:
         return self.collect(self.submit(prompts, seed=seed, greedy=greedy))
 
     def submit(self, prompts: PromptBatch, *, seed: int, greedy: bool = False) -> list:
         shards = prompts.split(len(self.actor))
-        return self.actor.submit("generate", per_rank=[(s, seed, greedy) for s in shards])
+        group = ROLLOUT_THREAD if self.overlaps else None
+        return self.actor.submit("generate", per_rank=[(s, seed, greedy) for s in shards], concurrency_group=group)
 
     def collect(self, handle: list) -> tuple[RolloutBatch, Timings]:
         outs = self.actor.wait(handle, "generate")
@@ -118,6 +125,7 @@ class FleetRollout:
 
     checks_consistency = True
     separate = True
+    overlaps = True
 
     def __init__(self, fleet, rollout_cfg, *, pad_id: int, stop_token_ids: list[int]):
         self.fleet, self.ro, self.pad_id, self.stop_token_ids = fleet, rollout_cfg, pad_id, stop_token_ids
@@ -161,7 +169,9 @@ def build_rollout(cfg, plan, roles: dict, tokenizer) -> Rollout:
     """The run's rollout: separate engines when the plan started a ``rollout`` role, else the policy ranks."""
     spec = backend(cfg.rollout.backend)
     if "rollout" not in roles:
-        return InPolicyRollout(roles["actor"], spec.own_weights)
+        return InPolicyRollout(
+            roles["actor"], spec.own_weights, overlaps_in_policy(cfg.algo, cfg.rollout, cfg.placement.mode)
+        )
     from rlhf.workers.rollout import EngineFleet
 
     sync = {"auto": "nccl" if plan.device == "cuda" else "gloo", "nccl": "nccl"}.get(cfg.rollout.sync)

@@ -49,6 +49,7 @@ class ColocatedVLLM:
         sleep_level: int,
         weights,
         lora_4bit: bool = False,
+        side_stream: bool = False,
     ):
         from rlhf.engines.vllm_engine import VLLMEngine
 
@@ -65,6 +66,10 @@ class ColocatedVLLM:
             )
         self.ro, self.eos_ids, self.pad_id, self.sleep_level = rollout, eos_ids, pad_id, sleep_level
         self.weights = weights
+        # Colocated overlap: generate calls come on their own thread while the rank trains on the default
+        # stream; a stream of their own lets the GPU run both (rlhf.rollout.backends.overlaps_in_policy).
+        self.side_stream = side_stream and options.get("device", "cuda") == "cuda"
+        self._stream: Optional[Any] = None
         t0 = time.time()
         self.engine: Optional[Any] = VLLMEngine(model_path, **options)
         self.start_s = time.time() - t0
@@ -79,22 +84,36 @@ class ColocatedVLLM:
             self.load_weights()
         engine.wake_up()
         t1 = time.time()
-        gens = engine.generate(
-            prompts.unpadded(),
-            n=1,
-            temperature=0.0 if greedy else ro.temperature,
-            top_p=ro.top_p,
-            top_k=ro.top_k,
-            max_new_tokens=ro.max_new_tokens,
-            ignore_eos=ro.ignore_eos,
-            stop_token_ids=None if ro.ignore_eos else sorted(self.eos_ids),
-        )
+        with self._stream_context():
+            gens = engine.generate(
+                prompts.unpadded(),
+                n=1,
+                temperature=0.0 if greedy else ro.temperature,
+                top_p=ro.top_p,
+                top_k=ro.top_k,
+                max_new_tokens=ro.max_new_tokens,
+                ignore_eos=ro.ignore_eos,
+                stop_token_ids=None if ro.ignore_eos else sorted(self.eos_ids),
+            )
+            if self._stream is not None:
+                self._stream.synchronize()  # nothing of this generation left in flight when the weights change
         t2 = time.time()
         if ro.enable_sleep:
             # Free the engine's memory before the log-prob passes and training.
             engine.sleep(self.sleep_level)
         batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, gens, ro.max_new_tokens, self.pad_id)
         return batch, {"timing/generate_engine_s": t2 - t1, "timing/sleep_wake_s": (t1 - t0) + (time.time() - t2)}
+
+    def _stream_context(self):
+        import contextlib
+
+        if not self.side_stream:
+            return contextlib.nullcontext()
+        import torch
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        return torch.cuda.stream(self._stream)
 
     def load_weights(self) -> Timings:
         """Load the current weights into the engine, waking its weights first. Every policy rank calls it

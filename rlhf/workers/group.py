@@ -93,6 +93,7 @@ class ActorGroup:
         bundle_offset: int = 0,
         timeout_s: Optional[float] = None,
         stall_timeout_s: Optional[float] = None,
+        concurrency_groups: Optional[dict[str, int]] = None,
     ):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -108,7 +109,13 @@ class ActorGroup:
         self.placement_group = placement_group
         self.created = time.monotonic()
         self.stalled: Optional[int] = None  # the rank found stalled, killed at shutdown
-        remote_cls = ray.remote(actor_cls)
+        # Calls submitted to a named concurrency group run on that group's thread, beside the default group's
+        # calls, which stay one at a time and in order (the collectives need that).
+        remote_cls = (
+            ray.remote(concurrency_groups=dict(concurrency_groups))(actor_cls)
+            if concurrency_groups
+            else ray.remote(actor_cls)
+        )
         self.actors = []
         for rank in range(num_workers):
             # Roles sharing a GPU bundle ({"GPU": 1, "CPU": 1}) split its CPU as they split the GPU; a whole
@@ -135,7 +142,7 @@ class ActorGroup:
         refs = self.submit(method, *args, per_rank=per_rank, **kwargs)
         return self.wait(refs, method, timeout_s)
 
-    def submit(self, method: str, *args, per_rank=None, **kwargs) -> list:
+    def submit(self, method: str, *args, per_rank=None, concurrency_group: Optional[str] = None, **kwargs) -> list:
         if self.beats:
             # Each known rank's cgroup OOM count before the call: a rank killed before the first poll of the
             # wait (a fast allocation) is then still judged against the cgroup it is in now.
@@ -146,7 +153,10 @@ class ActorGroup:
         refs = []
         for rank, actor in enumerate(self.actors):
             a = per_rank[rank] if per_rank is not None else args
-            refs.append(getattr(actor, method).remote(*a, **kwargs))
+            call = getattr(actor, method)
+            if concurrency_group is not None:
+                call = call.options(concurrency_group=concurrency_group)
+            refs.append(call.remote(*a, **kwargs))
         return refs
 
     def wait(self, refs: list, what: str = "call", timeout_s=None) -> list:

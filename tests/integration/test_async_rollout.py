@@ -156,3 +156,21 @@ def test_separate_engine_overlaps_generation_with_training(tmp_path: Path) -> No
     # Steps 1 and 2 generate the next batch during their update: some of that engine time is hidden.
     assert all(s["timing/overlap_s"] > 0 for s in steps[:2]), _column(steps, "timing/overlap_s")
     assert result.eval["check/greedy_agreement"] > 0.99, result.eval
+
+
+def test_awake_colocated_engine_overlaps_and_draws_the_sequential_batches(tmp_path: Path) -> None:
+    """Colocated vLLM that stays awake (rollout.enable_sleep=false) generates step k+1 on the policy rank's
+    rollout thread while the rank trains step k. Same schedule as the sequential asynchronous run (the engine
+    sleeping while the rank trains): the same weights draw the same batches, step by step, and the run ends
+    with the engine's weights equal to the trained model's."""
+    pytest.importorskip("vllm", reason="needs the CPU build of vLLM (/work/.venv-vllm/bin/python)")
+    args = [*SHORT, "rollout=vllm", "rollout.enforce_eager=true", "algo.max_steps=3", "algo.async_rollout=true"]
+    _, seq = _run(tmp_path / "seq", *args)
+    result, lap = _run(tmp_path / "lap", *args, "rollout.enable_sleep=false")
+    assert _column(lap, "rollout/staleness") == [0.0, 1.0, 1.0]
+    for key in ("rollout/sample_logp_mean", "rollout/reward_mean", "rollout/response_len_mean"):
+        assert _column(lap, key) == _column(seq, key), key
+    # Steps 1 and 2 generate the next batch beside their log-prob passes and update: some engine time hidden.
+    assert all(s["timing/overlap_s"] > 0 for s in lap[:2]), _column(lap, "timing/overlap_s")
+    assert all(s["timing/overlap_s"] == 0 for s in seq), _column(seq, "timing/overlap_s")
+    assert result.eval["check/greedy_agreement"] > 0.99, result.eval
