@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -189,3 +190,28 @@ def test_sequences_longer_than_the_models_positions_are_refused_with_the_fix():
     assert resolve_plan(typed("algo=grpo", "model=tiny_moe", "rollout=vllm", "hw=h100x1", "rollout.max_new_tokens=960"))
     with pytest.raises(PlanError, match=r"data.max_len=2048\) exceed the 1024 positions .*; set data.max_len=1024$"):
         resolve_plan(typed("algo=sft", "model=tiny", "data.max_len=2048"))
+
+
+def test_async_colocated_overlap_needs_an_awake_engine_and_the_plan_says_so():
+    """algo.async_rollout overlaps a colocated engine's generation with training only when the engine stays
+    awake; with a sleeping engine the plan says how to get the overlap and what the engine would have."""
+    from rlhf.rollout.backends import overlaps_in_policy
+
+    base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "rollout=vllm", "algo.async_rollout=true")
+    asleep = typed(*base)
+    awake = typed(*base, "rollout.enable_sleep=false")
+    assert not overlaps_in_policy(asleep.algo, asleep.rollout, asleep.placement.mode)
+    assert overlaps_in_policy(awake.algo, awake.rollout, awake.placement.mode)
+    sync = typed(*base[:-1], "rollout.enable_sleep=false")
+    assert not overlaps_in_policy(sync.algo, sync.rollout, sync.placement.mode)
+    hf = typed(*base[:-2], "rollout=hf", "algo.async_rollout=true", "rollout.enable_sleep=false")
+    assert not overlaps_in_policy(hf.algo, hf.rollout, hf.placement.mode)  # HF generate samples the trained module
+
+    note = [n for n in resolve_plan(asleep).notes if n.startswith("algo.async_rollout with a sleeping")]
+    assert len(note) == 1 and "rollout.enable_sleep=false" in note[0], note
+    # The engine's room is the GPU less the training peak the note names.
+    room, peak = (
+        float(x) for x in re.findall(r"about ([\d.]+) GiB next to a training peak of ([\d.]+) GiB", note[0])[0]
+    )
+    assert room + peak == pytest.approx(asleep.hw.gpu_memory_gb, abs=0.11)
+    assert not [n for n in resolve_plan(awake).notes if n.startswith("algo.async_rollout with a sleeping")]
