@@ -22,12 +22,30 @@ def heartbeat_key(actor_id: str) -> str:
 
 
 def _main_frame() -> str:
-    """Where the main thread (the one running the actor's calls) is: the innermost frame, file:line in fn."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    if frame is None:
+    """Where the actor's calls are: the innermost frame (file:line in fn) of the main thread, or, in an actor
+    with concurrency groups (calls on pool threads), of each thread inside this package's code."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    me = threading.get_ident()
+    frames = sys._current_frames()
+    main = frames.get(threading.main_thread().ident)
+    busy = []
+    for ident, frame in frames.items():
+        if ident == me:
+            continue
+        f = frame
+        while f is not None and not f.f_code.co_filename.startswith(here):
+            f = f.f_back
+        if f is not None:
+            busy.append((frame, f))
+    if not busy:
+        busy = [(main, main)] if main is not None else []
+    if not busy:
         return "?"
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+
+    def at(f) -> str:
+        return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+
+    return "; ".join(at(inner) + ("" if own is inner else f" (from {at(own)})") for inner, own in busy)
 
 
 def start_heartbeat(interval_s: float = HEARTBEAT_INTERVAL_S) -> bool:

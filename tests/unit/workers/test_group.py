@@ -218,3 +218,28 @@ def test_a_rank_killed_by_a_signal_is_reported_as_a_death_with_the_likely_cause(
         assert "out-of-memory kill" in str(err.value) and time.time() - started < 30
     finally:
         group.shutdown()
+
+
+def test_the_beat_names_the_call_threads_inside_the_package() -> None:
+    """With concurrency groups an actor's calls run on pool threads: the beat's "where" names every thread
+    inside the package's code (not just the main thread), and falls back to the main thread otherwise."""
+    import threading
+
+    import rlhf
+    from rlhf.workers.base import _main_frame
+
+    here = os.path.dirname(os.path.abspath(rlhf.__file__))
+    release = threading.Event()
+    # A function whose code object says it lives in the package, as an actor's method there would.
+    scope: dict = {"release": release}
+    exec(compile("def generate_call():\n    release.wait(10)\n", os.path.join(here, "fake_call.py"), "exec"), scope)
+    t = threading.Thread(target=scope["generate_call"], daemon=True)
+    t.start()
+    try:
+        time.sleep(0.1)
+        where = _main_frame()
+        assert "fake_call.py:2 in generate_call" in where, where
+    finally:
+        release.set()
+        t.join()
+    assert "fake_call.py" not in _main_frame()
