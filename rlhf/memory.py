@@ -224,6 +224,20 @@ def kv_cache_bytes_per_token(shape: ModelShape, bytes_per_value: int = 2) -> flo
     return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * bytes_per_value
 
 
+def hf_generation_bytes(
+    shape: ModelShape, *, batch: int, prompt_len: int, new_tokens: int, bytes_per_value: int = 2
+) -> float:
+    """HF generate inside a policy rank (rollout=hf), one batch of ``rollout.generate_batch`` rows: the KV
+    cache of whole sequences, the fp32 logits of every new token that the rollout keeps for its log-probs
+    (rlhf/rollout/hf.py), and one step's full-width forward logits and log-softmax. It runs between training
+    passes, so it competes with the training transient, not with it."""
+    kv = batch * (prompt_len + new_tokens) * kv_cache_bytes_per_token(shape, bytes_per_value)
+    kept = batch * new_tokens * shape.vocab_size * 4
+    prefill = batch * prompt_len * shape.vocab_size * bytes_per_value  # the prompt's forward, before slicing
+    step = batch * shape.vocab_size * 4 * 2
+    return kv + kept + max(prefill, step)
+
+
 def rollout_memory(
     shape: ModelShape,
     *,

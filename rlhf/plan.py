@@ -22,6 +22,7 @@ from rlhf.memory import (
     GIB,
     MemoryEstimate,
     ModelShape,
+    hf_generation_bytes,
     inference_memory,
     rollout_memory,
     training_memory,
@@ -667,6 +668,19 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         base_bytes_per_param=base_bytes,
     )
     by_role = {"actor": training_memory("actor", shape, **common)}
+    if spec.family == "onpolicy" and not has_engines(cfg.rollout.backend):
+        # The policy ranks generate with HF generate between training passes: the larger transient counts.
+        rows = cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt
+        gen = hf_generation_bytes(
+            shape,
+            batch=max(min(cfg.rollout.generate_batch, -(-rows // max(world, 1))), 1),
+            prompt_len=cfg.data.prompt_max_len,
+            new_tokens=cfg.rollout.max_new_tokens,
+            bytes_per_value=bytes_per_param,
+        )
+        actor = by_role["actor"]
+        if gen / GIB > actor.activations_gib:
+            by_role["actor"] = replace(actor, activations_gib=gen / GIB)
     ref_plan = next((r for r in roles if r.role == "ref"), None)
     if reference:
         own_pool = ref_plan is not None and ref_plan.pool == "ref"
@@ -798,16 +812,6 @@ def _rollout_notes(cfg: RunConfig, estimates, roles) -> list[str]:
                 f"must offload their states while vLLM generates, or lower rollout.gpu_memory_utilization to about "
                 f"{room:.2f}"
             )
-    if cfg.algo.async_rollout and cfg.placement.mode == "colocated" and ro.enable_sleep:
-        train = [m for r, m in by_role.items() if r in ("actor", "ref", "critic")]
-        peak = sum(m.weights_gib + m.grads_gib + m.optimizer_gib + m.other_gib for m in train)
-        peak += max((m.activations_gib for m in train), default=0.0)
-        left = cfg.hw.gpu_memory_gb - peak
-        notes.append(
-            "algo.async_rollout with a sleeping colocated engine: generation and training still take turns "
-            f"(staleness 1, no overlap). rollout.enable_sleep=false keeps the engine awake to generate beside "
-            f"training; it would get about {max(left, 0.0):.1f} GiB next to a training peak of {peak:.1f} GiB per GPU"
-        )
     return notes
 
 

@@ -57,9 +57,17 @@ class HFGenerator:
                     **no_router_loss(module),
                 )
             resp = out.sequences[:, x.shape[1] :]
-            logits = torch.stack(out.logits, dim=1).float()
             temperature = 1.0 if greedy else max(ro.temperature, 1e-5)
-            lp = torch.log_softmax(logits / temperature, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+            # One step's [B, vocab] at a time: stacking all steps first would hold three more copies of the
+            # [B, new tokens, vocab] logits (the stack, the scaled and the log-softmax), 4 bytes an entry each.
+            lp = torch.stack(
+                [
+                    torch.log_softmax(step.float() / temperature, -1).gather(-1, resp[:, t : t + 1]).squeeze(-1)
+                    for t, step in enumerate(out.logits)
+                ],
+                1,
+            )
+            del out
             r = resp.shape[1]
             if r < ro.max_new_tokens:
                 fill = ro.max_new_tokens - r

@@ -113,6 +113,8 @@ class ColocatedVLLM:
 
         if self._stream is None:
             self._stream = torch.cuda.Stream()
+        # Weights loaded since the last generation were copied on the default stream: wait for them.
+        self._stream.wait_stream(torch.cuda.default_stream())
         return torch.cuda.stream(self._stream)
 
     def load_weights(self) -> Timings:

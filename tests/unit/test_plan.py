@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -192,9 +191,9 @@ def test_sequences_longer_than_the_models_positions_are_refused_with_the_fix():
         resolve_plan(typed("algo=sft", "model=tiny", "data.max_len=2048"))
 
 
-def test_async_colocated_overlap_needs_an_awake_engine_and_the_plan_says_so():
+def test_async_colocated_overlap_needs_an_awake_engine():
     """algo.async_rollout overlaps a colocated engine's generation with training only when the engine stays
-    awake; with a sleeping engine the plan says how to get the overlap and what the engine would have."""
+    awake and holds its own weights (vLLM), and the plan then keeps its reservation beside the training peak."""
     from rlhf.rollout.backends import overlaps_in_policy
 
     base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "rollout=vllm", "algo.async_rollout=true")
@@ -206,12 +205,36 @@ def test_async_colocated_overlap_needs_an_awake_engine_and_the_plan_says_so():
     assert not overlaps_in_policy(sync.algo, sync.rollout, sync.placement.mode)
     hf = typed(*base[:-2], "rollout=hf", "algo.async_rollout=true", "rollout.enable_sleep=false")
     assert not overlaps_in_policy(hf.algo, hf.rollout, hf.placement.mode)  # HF generate samples the trained module
+    # One pool holds the actor and the awake engine; with a sleeping engine they are planned apart.
+    assert [m.role for m in resolve_plan(awake).memory if "rollout" in m.role and "+" in m.role]
+    assert not [m.role for m in resolve_plan(asleep).memory if "rollout" in m.role and "+" in m.role]
 
-    note = [n for n in resolve_plan(asleep).notes if n.startswith("algo.async_rollout with a sleeping")]
-    assert len(note) == 1 and "rollout.enable_sleep=false" in note[0], note
-    # The engine's room is the GPU less the training peak the note names.
-    room, peak = (
-        float(x) for x in re.findall(r"about ([\d.]+) GiB next to a training peak of ([\d.]+) GiB", note[0])[0]
+
+def test_hf_rollout_memory_counts_the_kept_logits_and_kv_cache():
+    """rollout=hf generates inside the policy ranks between training passes: a long generation with a large
+    vocabulary makes the actor's transient the generation's (hand count below), not the training pass's."""
+    from rlhf.memory import GIB
+
+    run = typed(
+        "algo=grpo",
+        "model=qwen2_5_0_5b",
+        "hw=h100x1",
+        "rollout=hf",
+        "algo.prompts_per_step=16",
+        "algo.samples_per_prompt=4",
+        "algo.train_batch_samples=64",
+        "algo.micro_batch_per_gpu=1",
+        "rollout.max_new_tokens=2048",
+        "rollout.generate_batch=32",
+        "data.prompt_max_len=128",
+        "engine.gradient_checkpointing=true",
     )
-    assert room + peak == pytest.approx(asleep.hw.gpu_memory_gb, abs=0.11)
-    assert not [n for n in resolve_plan(awake).notes if n.startswith("algo.async_rollout with a sleeping")]
+    actor = next(m for m in resolve_plan(run).memory if m.role == "actor")
+    vocab, layers, kv_heads, head_dim = 151936, 24, 2, 64
+    kv = 32 * (128 + 2048) * 2 * layers * kv_heads * head_dim * 2
+    kept = 32 * 2048 * vocab * 4  # fp32 logits of every new token
+    prefill = 32 * 128 * vocab * 2
+    assert actor.activations_gib == pytest.approx((kv + kept + prefill) / GIB, rel=1e-6)
+    # Ten times fewer new tokens: the training pass's transient is the larger again.
+    short = resolve_plan(_with(run, rollout=dict(max_new_tokens=64)))
+    assert next(m for m in short.memory if m.role == "actor").activations_gib < (kv + kept) / GIB / 10
