@@ -254,6 +254,7 @@ def resolve_plan(cfg: RunConfig) -> Plan:
         _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
     else:
         _fill_cpu(cfg, world, chosen)
+    _fill_generate_batch(cfg, spec, roles, world, reference, critic, dtype, chosen)
 
     micro = algo.micro_batch_per_gpu
     tbs = algo.train_batch_samples
@@ -673,7 +674,8 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         rows = cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt
         gen = hf_generation_bytes(
             shape,
-            batch=max(min(cfg.rollout.generate_batch, -(-rows // max(world, 1))), 1),
+            # Before the planner's choice (_fill_generate_batch), one row: the engine and micro-batch come first.
+            batch=max(min(cfg.rollout.generate_batch or 1, -(-rows // max(world, 1))), 1),
             prompt_len=cfg.data.prompt_max_len,
             new_tokens=cfg.rollout.max_new_tokens,
             bytes_per_value=bytes_per_param,
@@ -1072,6 +1074,39 @@ def _fill_cpu(cfg: RunConfig, world: int, chosen: list[str]) -> None:
             f"{_micro_cap(cfg)} that splits {a.train_batch_samples} samples over {world} rank(s))"
         )
     _fill_rollout_defaults(cfg)
+
+
+HF_GENERATE_BATCH = 64  # rows per HF generate call where memory does not bind (CPU, small vocabularies)
+
+
+def _fill_generate_batch(cfg: RunConfig, spec, roles, world, reference, critic, dtype, chosen: list[str]) -> None:
+    """rollout.generate_batch for HF generate in the policy ranks: on GPUs the largest power of two up to 64 whose
+    generation (KV cache and the kept fp32 logits of every new token) fits beside the chosen training states."""
+    ro = cfg.rollout
+    if ro.generate_batch is not None:
+        return
+    if spec.family != "onpolicy" or has_engines(ro.backend) or cfg.hw.nodes * cfg.hw.gpus_per_node == 0:
+        ro.generate_batch = HF_GENERATE_BATCH
+        return
+    if cfg.algo.micro_batch_per_gpu is None or cfg.engine.zero_stage is None:
+        ro.generate_batch = 1  # nothing fits anyway; the plan's refusal says why
+        return
+    rows = max(-(-cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt // max(world, 1)), 1)
+    micro = cfg.algo.micro_batch_per_gpu
+    sized = _with_batches(roles, micro, 1, micro * world, world, [])
+    batch = 1
+    for b in (64, 32, 16, 8, 4, 2):
+        trial = replace(cfg, rollout=replace(ro, generate_batch=b))
+        _estimates, pools = _memory(trial, spec, sized, world, reference, critic, dtype)
+        if all(est.total_gib <= cfg.hw.gpu_memory_gb for est, _members in pools):
+            batch = b
+            break
+    ro.generate_batch = batch
+    if batch < min(HF_GENERATE_BATCH, rows):
+        chosen.append(
+            f"rollout.generate_batch={batch} (HF generate: the largest up to {HF_GENERATE_BATCH} rows whose KV "
+            "cache and kept logits fit beside the training states)"
+        )
 
 
 def _fill_rollout_defaults(cfg: RunConfig) -> None:

@@ -16,8 +16,9 @@ class RolloutConfig:
     top_k: int = -1
     # Keep generating past EOS (fixed-length responses, for benchmarks).
     ignore_eos: bool = False
-    # HF backend: prompts generated at once.
-    generate_batch: int = 64
+    # HF backend: rows generated at once per policy rank. None: the planner's choice (64 on CPU; on GPUs the
+    # largest up to 64 whose KV cache and kept logits fit beside the training states).
+    generate_batch: Optional[int] = None
     # vLLM backend; None: chosen by the planner (engines cover the rollout GPUs, the smallest tensor-parallel
     # size whose weights leave room for KV cache, the memory fraction the training states leave free).
     num_engines: Optional[int] = None

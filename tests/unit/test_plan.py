@@ -238,3 +238,28 @@ def test_hf_rollout_memory_counts_the_kept_logits_and_kv_cache():
     # Ten times fewer new tokens: the training pass's transient is the larger again.
     short = resolve_plan(_with(run, rollout=dict(max_new_tokens=64)))
     assert next(m for m in short.memory if m.role == "actor").activations_gib < (kv + kept) / GIB / 10
+
+
+def test_hf_generate_batch_is_chosen_to_fit_and_a_given_one_is_kept():
+    """Left unset, rollout.generate_batch is the largest up to 64 whose generation fits beside the training
+    states: Llama-3-8B on two 24 GiB cards has too little room beside its states for 64 rows of 128k-vocabulary
+    logits, so fewer rows at once; a small model keeps 64; a given value is checked against the memory."""
+    big = typed("algo=grpo", "model=llama3_8b", "hw=rtx4090x2", "rollout=hf")
+    plan = resolve_plan(big)
+    assert 1 <= big.rollout.generate_batch < 64
+    assert any(c.startswith(f"rollout.generate_batch={big.rollout.generate_batch} ") for c in plan.chosen)
+    assert max(m.total_gib for m in plan.memory) <= big.hw.gpu_memory_gb
+    # Twice the chosen rows, given, would not fit.
+    twice = typed(
+        "algo=grpo",
+        "model=llama3_8b",
+        "hw=rtx4090x2",
+        "rollout=hf",
+        f"rollout.generate_batch={2 * big.rollout.generate_batch}",
+    )
+    with pytest.raises(PlanError, match="out of GPU memory"):
+        resolve_plan(twice)
+
+    small = typed("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "rollout=hf")
+    resolve_plan(small)
+    assert small.rollout.generate_batch == 64
