@@ -70,6 +70,7 @@ class ColocatedVLLM:
         # stream; a stream of their own lets the GPU run both (rlhf.rollout.backends.overlaps_in_policy).
         self.side_stream = side_stream and options.get("device", "cuda") == "cuda"
         self._stream: Optional[Any] = None
+        self._loaded: Optional[Any] = None  # CUDA event after the last weight load (side stream only)
         t0 = time.time()
         self.engine: Optional[Any] = VLLMEngine(model_path, **options)
         self.start_s = time.time() - t0
@@ -113,8 +114,10 @@ class ColocatedVLLM:
 
         if self._stream is None:
             self._stream = torch.cuda.Stream()
-        # Weights loaded since the last generation were copied on the default stream: wait for them.
-        self._stream.wait_stream(torch.cuda.default_stream())
+        # The weights were loaded on the loading thread's current stream (vLLM gives the thread that started the
+        # engine a stream of its own, not the default one): wait for the event recorded there.
+        if self._loaded is not None:
+            self._stream.wait_event(self._loaded)
         return torch.cuda.stream(self._stream)
 
     def load_weights(self) -> Timings:
@@ -124,6 +127,11 @@ class ColocatedVLLM:
         t0 = time.time()
         self.engine.wake_up(["weights"])
         self.engine.update_weights(self.weights())
+        if self.side_stream:
+            import torch
+
+            self._loaded = torch.cuda.Event()
+            self._loaded.record()  # on this thread's current stream, where the copies were queued
         return {"timing/weight_sync_s": time.time() - t0}
 
     def sleep(self) -> None:
