@@ -28,6 +28,9 @@ DEFAULT_STALL_TIMEOUT_S = 300.0
 # A rank that has not beaten once (its process is still starting: imports, a JIT build) gets at least this long.
 STARTUP_GRACE_S = 120.0
 _stall_timeout_s = DEFAULT_STALL_TIMEOUT_S
+# A call still running after this long gets a warning naming where each rank on it is (its last beat's frames),
+# and again after each further interval: a slow call shows where its time goes, a hung one where it hangs.
+LONG_CALL_NOTICE_S = 180.0
 
 # What to change when a rank runs out of memory.
 MEMORY_FIX = (
@@ -172,6 +175,7 @@ class ActorGroup:
         pending = list(refs)
         if self.beats:
             self._read_beats(range(len(refs)))  # who each rank is, and its cgroup's OOM count before the call
+        notice = LONG_CALL_NOTICE_S
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=poll if self.beats else timeout)
             if not done:
@@ -183,6 +187,10 @@ class ActorGroup:
                     )
                 if self.beats:
                     self._check_alive(ranks, what, started)
+                    ran = time.monotonic() - started
+                    if ran >= notice:
+                        log.warning(self._long_call_message(ranks, what, ran))
+                        notice += LONG_CALL_NOTICE_S
                 continue
             try:
                 ray.get(done[0])
@@ -233,6 +241,10 @@ class ActorGroup:
             if silent > self.stall_timeout_s:
                 self.stalled = r
                 raise RoleStalledError(self._stall_message(state, what, silent, now - started))
+
+    def _long_call_message(self, ranks: Sequence[int], what: str, ran: float) -> str:
+        where = "; ".join(f"{self.ranks[r].who()} at {(self.ranks[r].beat or {}).get('where', '?')}" for r in ranks)
+        return f"role {self.role}: {what} has run {ran:.0f}s and is still running on {where}"
 
     def _stall_message(self, state: _Rank, what: str, silent: float, waited: float) -> str:
         beat = state.beat or {}

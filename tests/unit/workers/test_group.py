@@ -243,3 +243,25 @@ def test_the_beat_names_the_call_threads_inside_the_package() -> None:
         release.set()
         t.join()
     assert "fake_call.py" not in _main_frame()
+
+
+def test_a_long_call_is_reported_with_where_its_ranks_are(one_logical_gpu, monkeypatch, caplog) -> None:
+    """A call that runs past the notice interval, beating all along, gets a warning per interval naming each
+    rank still on it and the frame its last beat found (a slow call shows where its time goes, a hung one where
+    it hangs); the call itself still completes."""
+    import logging
+
+    import rlhf.workers.group as grp
+
+    monkeypatch.setattr(grp, "LONG_CALL_NOTICE_S", 1.5)
+    group = grp.ActorGroup("actor", _Beating, 1, gpus_per_worker=0, stall_timeout_s=30)
+    try:
+        _pids(group)
+        with caplog.at_level(logging.WARNING, logger="rlhf.workers.group"):
+            assert group.run("spin", 4.0) == [0]
+        notes = [r.getMessage() for r in caplog.records if "is still running on" in r.getMessage()]
+        assert 1 <= len(notes) <= 3, notes
+        assert notes[0].startswith("role actor: spin has run ") and "rank 0" in notes[0], notes
+        assert "in spin" in notes[0], notes
+    finally:
+        group.shutdown()
