@@ -671,11 +671,10 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
     by_role = {"actor": training_memory("actor", shape, **common)}
     if spec.family == "onpolicy" and not has_engines(cfg.rollout.backend):
         # The policy ranks generate with HF generate between training passes: the larger transient counts.
-        rows = cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt
         gen = hf_generation_bytes(
             shape,
             # Before the planner's choice (_fill_generate_batch), one row: the engine and micro-batch come first.
-            batch=max(min(cfg.rollout.generate_batch or 1, -(-rows // max(world, 1))), 1),
+            batch=min(cfg.rollout.generate_batch or 1, _rollout_rows_per_rank(cfg, world)),
             prompt_len=cfg.data.prompt_max_len,
             new_tokens=cfg.rollout.max_new_tokens,
             bytes_per_value=bytes_per_param,
@@ -1091,11 +1090,11 @@ def _fill_generate_batch(cfg: RunConfig, spec, roles, world, reference, critic, 
     if cfg.algo.micro_batch_per_gpu is None or cfg.engine.zero_stage is None:
         ro.generate_batch = 1  # nothing fits anyway; the plan's refusal says why
         return
-    rows = max(-(-cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt // max(world, 1)), 1)
+    rows = _rollout_rows_per_rank(cfg, world)
     micro = cfg.algo.micro_batch_per_gpu
     sized = _with_batches(roles, micro, 1, micro * world, world, [])
     batch = 1
-    for b in (64, 32, 16, 8, 4, 2):
+    for b in (HF_GENERATE_BATCH >> k for k in range(HF_GENERATE_BATCH.bit_length() - 1)):  # 64, 32, ..., 2
         trial = replace(cfg, rollout=replace(ro, generate_batch=b))
         _estimates, pools = _memory(trial, spec, sized, world, reference, critic, dtype)
         if all(est.total_gib <= cfg.hw.gpu_memory_gb for est, _members in pools):
@@ -1107,6 +1106,11 @@ def _fill_generate_batch(cfg: RunConfig, spec, roles, world, reference, critic, 
             f"rollout.generate_batch={batch} (HF generate: the largest up to {HF_GENERATE_BATCH} rows whose KV "
             "cache and kept logits fit beside the training states)"
         )
+
+
+def _rollout_rows_per_rank(cfg: RunConfig, world: int) -> int:
+    """Rows of one step's rollout a policy rank generates (at least one)."""
+    return max(-(-cfg.algo.prompts_per_step * cfg.algo.samples_per_prompt // max(world, 1)), 1)
 
 
 def _fill_rollout_defaults(cfg: RunConfig) -> None:

@@ -112,7 +112,10 @@ def execute(dcfg: DictConfig, progress: bool = True):
         raise
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg))
     (out / "plan.json").write_text(plan.to_json())
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(resolved_config(cfg)))
+    # config.yaml is the command as composed (what a resume compares); resolved_config.yaml what runs.
+    resolved = resolved_config(cfg)
+    resolved_yaml = OmegaConf.to_yaml(resolved)
+    (out / "resolved_config.yaml").write_text(resolved_yaml)
     sweep = sweep_parent()
     parent_run_id = sweep["run_id"] if sweep else None
     # A requeued or resumed job continues the MLflow run of its earlier attempt in the same output_dir; an
@@ -141,11 +144,9 @@ def execute(dcfg: DictConfig, progress: bool = True):
         write_run_record(out, tracker, parent_run_id)
     # The params are the values the run uses: the plan's choices (learning rate, batch, ZeRO stage) and the
     # model's own architecture filled in, not the composed config's blanks or its preset's stale numbers.
-    # config.yaml is the command as composed (what a resume compares); resolved_config.yaml what ran.
-    resolved = resolved_config(cfg)
     tracker.log_params(resolved)
     tracker.log_text(OmegaConf.to_yaml(dcfg), "config.yaml")
-    tracker.log_text(OmegaConf.to_yaml(resolved), "resolved_config.yaml")
+    tracker.log_text(resolved_yaml, "resolved_config.yaml")
     tracker.log_text(plan.to_json(), "plan.json")
     tracker.log_text(plan.table(), "plan.txt")
     print(plan.table())

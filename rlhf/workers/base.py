@@ -21,7 +21,7 @@ def heartbeat_key(actor_id: str) -> str:
     return f"actor/{actor_id}"
 
 
-def _main_frame() -> str:
+def _call_frames() -> str:
     """Where the actor's calls are: the innermost frame (file:line in fn) of the main thread, or, in an actor
     with concurrency groups (calls on pool threads), of each thread inside this package's code."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def start_heartbeat(interval_s: float = HEARTBEAT_INTERVAL_S) -> bool:
     key, pid, host = heartbeat_key(actor_id), os.getpid(), socket.gethostname()
 
     def beat(n: int) -> None:
-        record = {"n": n, "pid": pid, "host": host, "t": time.time(), "where": _main_frame()}
+        record = {"n": n, "pid": pid, "host": host, "t": time.time(), "where": _call_frames()}
         _internal_kv_put(key, json.dumps(record), overwrite=True, namespace=HEARTBEAT_NAMESPACE)
 
     def loop() -> None:

@@ -226,7 +226,7 @@ def test_the_beat_names_the_call_threads_inside_the_package() -> None:
     import threading
 
     import rlhf
-    from rlhf.workers.base import _main_frame
+    from rlhf.workers.base import _call_frames
 
     here = os.path.dirname(os.path.abspath(rlhf.__file__))
     release = threading.Event()
@@ -237,12 +237,12 @@ def test_the_beat_names_the_call_threads_inside_the_package() -> None:
     t.start()
     try:
         time.sleep(0.1)
-        where = _main_frame()
+        where = _call_frames()
         assert "fake_call.py:2 in generate_call" in where, where
     finally:
         release.set()
         t.join()
-    assert "fake_call.py" not in _main_frame()
+    assert "fake_call.py" not in _call_frames()
 
 
 def test_a_long_call_is_reported_with_where_its_ranks_are(one_logical_gpu, monkeypatch, caplog) -> None:
