@@ -231,3 +231,162 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     if not shift_mean:
         out = out + mean
     return out * m
+
+
+# ---- the LM head fused with the log-probs ----------------------------------------------------------------------
+# Given the hidden states h [N, H] at the positions that predict `labels` and the head's weight W [V, H], the
+# log-probs (and entropy) of softmax(h W^T / temperature) come from chunks of rows: each chunk's logits exist
+# only while that chunk is reduced, and backward recomputes them (one more [rows, H] x [H, V] product per chunk)
+# instead of keeping [N, V] logits and their gradient alive. The per-chunk math is in plain functions that
+# `fused_head_kernels(compiled=True)` hands to torch.compile, which fuses each into one or two passes over the
+# chunk's logits.
+
+
+def _head_forward(logits: torch.Tensor, labels: torch.Tensor, inv_t: float, with_entropy: bool):
+    """One chunk: (log-prob of each label, logsumexp, entropy or None) of softmax(logits * inv_t), in fp32 (fp64
+    for fp64 logits)."""
+    x = logits.to(compute_dtype(logits.dtype)) * inv_t
+    lse = torch.logsumexp(x, dim=-1)
+    logp = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, lse, None
+    # H = logsumexp(x) - sum_j p_j x_j (finite for finite logits, unlike -sum p log p at p = 0).
+    ent = lse - (torch.exp(x - lse.unsqueeze(-1)) * x).sum(-1)
+    return logp, lse, ent
+
+
+def _head_backward(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ent: Optional[torch.Tensor],
+    g_logp: torch.Tensor,
+    g_ent: Optional[torch.Tensor],
+    inv_t: float,
+) -> torch.Tensor:
+    """One chunk: d(loss)/d(logits) in the logits' dtype, from the gradients of the log-probs and the entropy.
+    d logp_y / dx_j = 1[j = y] - p_j; dH / dx_j = -p_j (x_j - lse + H); and x = logits * inv_t."""
+    x = logits.to(compute_dtype(logits.dtype)) * inv_t
+    p = torch.exp(x - lse.unsqueeze(-1))
+    grad = -p * g_logp.unsqueeze(-1)
+    if g_ent is not None and ent is not None:
+        grad = grad - p * (x - lse.unsqueeze(-1) + ent.unsqueeze(-1)) * g_ent.unsqueeze(-1)
+    hit = torch.arange(x.shape[-1], device=x.device) == labels.unsqueeze(-1)
+    grad = grad + torch.where(hit, g_logp.unsqueeze(-1), 0.0)
+    return (grad * inv_t).to(logits.dtype)
+
+
+_COMPILED: dict = {}
+
+
+def fused_head_kernels(compiled: bool):
+    """The per-chunk (forward, backward) functions, through torch.compile when `compiled` (built once)."""
+    if not compiled:
+        return _head_forward, _head_backward
+    if "kernels" not in _COMPILED:
+        _COMPILED["kernels"] = (
+            torch.compile(_head_forward, dynamic=True),
+            torch.compile(_head_backward, dynamic=True),
+        )
+    return _COMPILED["kernels"]
+
+
+def head_chunk_rows(vocab: int, chunk_rows: Optional[int]) -> int:
+    """Rows per chunk of the fused head: `chunk_rows`, else about 1 GiB of fp32 logits (whole rows), at least 1."""
+    return chunk_rows if chunk_rows is not None else max(1, (4 * DEFAULT_CHUNK_ELEMENTS) // max(vocab, 1))
+
+
+class _HeadLogps(torch.autograd.Function):
+    """(log-probs [N], entropy [N]) of softmax(hidden @ weight^T / temperature) at `labels`, by chunks of rows."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, temperature, rows, with_entropy, compiled):
+        fwd, _ = fused_head_kernels(compiled)
+        n = hidden.shape[0]
+        inv_t = 1.0 / temperature
+        dtype = compute_dtype(weight.dtype)
+        logp = torch.empty(n, dtype=dtype, device=hidden.device)
+        lse = torch.empty(n, dtype=dtype, device=hidden.device)
+        ent = torch.empty(n, dtype=dtype, device=hidden.device) if with_entropy else None
+        for r0 in range(0, n, rows):
+            sl = slice(r0, min(r0 + rows, n))
+            lp, ls, en = fwd(hidden[sl] @ weight.t(), labels[sl], inv_t, with_entropy)
+            logp[sl], lse[sl] = lp, ls
+            if ent is not None:
+                ent[sl] = en
+        ctx.save_for_backward(hidden, weight, labels, lse, ent)
+        ctx.inv_t, ctx.rows, ctx.compiled = inv_t, rows, compiled
+        ctx.set_materialize_grads(False)
+        if ent is None:
+            return logp, torch.zeros(0, dtype=dtype, device=hidden.device)
+        return logp, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, labels, lse, ent = ctx.saved_tensors
+        if g_logp is None and g_ent is None:
+            return (None,) * 7
+        _, bwd = fused_head_kernels(ctx.compiled)
+        n = hidden.shape[0]
+        if g_logp is None:
+            g_logp = torch.zeros(n, dtype=lse.dtype, device=lse.device)
+        if ent is None or (g_ent is not None and g_ent.numel() == 0):
+            g_ent = None
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g_hidden = torch.empty_like(hidden) if want_h else None
+        # The head's gradient sums over all chunks: in fp32, whatever the weight's dtype.
+        g_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_w else None
+        for r0 in range(0, n, ctx.rows):
+            sl = slice(r0, min(r0 + ctx.rows, n))
+            h = hidden[sl]
+            g_logits = bwd(
+                h @ weight.t(),
+                labels[sl],
+                lse[sl],
+                ent[sl] if g_ent is not None else None,
+                g_logp[sl].to(lse.dtype),
+                g_ent[sl].to(lse.dtype) if g_ent is not None else None,
+                ctx.inv_t,
+            )
+            if g_hidden is not None:
+                g_hidden[sl] = g_logits @ weight
+            if g_weight is not None:
+                g_weight += (g_logits.t() @ h).to(g_weight.dtype)
+        return g_hidden, (g_weight.to(weight.dtype) if g_weight is not None else None), None, None, None, None, None
+
+
+def head_logps_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    chunk_rows: Optional[int] = None,
+    compiled: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-probs [..., T] of `labels` under softmax(hidden @ weight^T / temperature), and the entropy when asked,
+    without the [..., T, V] logits: the LM head runs chunk by chunk inside (``_HeadLogps``).
+
+    `hidden` [..., T, H] are the states the head would read (after the final norm), `weight` the head's [V, H]
+    matrix (no bias), `labels` [..., T]. Equal to ``token_logps_and_entropy(hidden @ weight.T, labels, ...)`` up
+    to the rounding of the fp32 accumulations; gradients flow to `hidden` and `weight`. The entropy is detached
+    unless `entropy_grad`. `compiled` runs the per-chunk math through torch.compile (`fused_head_kernels`)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and head weight {tuple(weight.shape)} do not match")
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(f"labels {tuple(labels.shape)} must match hidden [..., T] {tuple(hidden.shape[:-1])}")
+    lead = labels.shape
+    h = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
+    rows = head_chunk_rows(weight.shape[0], chunk_rows)
+    logp, ent = _HeadLogps.apply(
+        h, weight, labels.reshape(-1).long(), float(temperature), rows, bool(with_entropy), bool(compiled)
+    )
+    if not with_entropy:
+        return logp.view(lead), None
+    ent = ent.view(lead)
+    return logp.view(lead), ent if entropy_grad else ent.detach()

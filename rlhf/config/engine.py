@@ -23,5 +23,12 @@ class EngineConfig:
     offload_optimizer: Optional[bool] = None
     # ZeRO-3 only: keep parameters on the CPU between uses (None: only when needed to fit).
     offload_params: Optional[bool] = None
+    # RL log-prob and training passes: the LM head runs inside the log-prob computation, chunk by chunk, so no
+    # [tokens, vocabulary] logits are kept for backward (models whose head is a plain linear layer; others keep
+    # the logits path: rlhf/training/sequences.py PLAIN_HEAD_MODEL_TYPES).
+    fused_lm_head: bool = True
+    # On GPUs, the fused head's per-chunk math goes through torch.compile (one fused kernel per pass over a
+    # chunk's logits instead of one per operation).
+    compile_lm_head: bool = True
     # Extra entries merged into the generated DeepSpeed config (expert use).
     deepspeed_overrides: Dict[str, Any] = field(default_factory=dict)

@@ -91,6 +91,7 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
         print(f"note: {note}")
     with startup("roles"):
         roles = _start_roles(cfg, plan, total * plan.updates_per_step, output_dir)
+    startup.times.update(role_startup(roles))
     rewards = _reward_sources(cfg, roles)
     kl_ctl = build_kl_controller(
         "adaptive" if a.kl_target else "fixed", coef=a.kl_coef, target=a.kl_target, horizon=a.kl_horizon
@@ -278,6 +279,22 @@ def _start_roles(cfg, plan: Plan, total_updates: int, output_dir: Path) -> dict:
     for g, refs in pending:
         g.wait(refs, "setup")
     return roles
+
+
+def role_startup(roles: dict) -> dict:
+    """Where each role's start-up went, the slowest rank of each phase: ``startup/<role>.init_s`` from the ask
+    for its actors to their constructors' end (process start, imports, a separate engine's start), then each
+    phase its ranks timed (``dist``, ``model``, ``engine``, ``rollout``: rlhf.workers.base.RankWorker.phase)."""
+    out: dict[str, float] = {}
+    for name, g in roles.items():
+        for times in g.run("startup_times"):
+            ready_at = times.pop("ready_at")
+            # Clocks of other nodes may be a little off: never below zero.
+            phases = {"init": max(ready_at - g.created_at, 0.0), **times}
+            for phase, seconds in phases.items():
+                key = f"startup/{name}.{phase}_s"
+                out[key] = max(out.get(key, 0.0), float(seconds))
+    return out
 
 
 def _peak_memory(roles: dict) -> dict:

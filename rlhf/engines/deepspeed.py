@@ -43,6 +43,9 @@ def ds_config(
         "fp16": {"enabled": dtype == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronizes the device at every forward and step once two steps have run:
+        # a host sync per micro-batch that keeps the CPU from queueing ahead. The run times its phases itself.
+        "timers": {"throughput": {"enabled": False}},
         "zero_allow_untested_optimizer": True,
     }
     if train:

@@ -267,6 +267,27 @@ def _worker_close_weight_sync(worker: Any) -> None:
         setattr(worker, _WORKER_GROUP_ATTR, None)
 
 
+def pin_runner_stream(runner: Any, stream: Any) -> bool:
+    """Make a model runner that caches its CUDA stream use `stream`; returns whether it had such a cache.
+
+    vLLM's V2 model runner (the default for dense models in 0.26) reads the stream current at its warm-up once
+    (``main_stream``, a cached property) and, after each step's output copy, sets the calling thread's current
+    stream back to it (``vllm/v1/worker/gpu/async_utils.py``). An engine driven from a thread and stream of its
+    own would otherwise queue every step after the first on the stream the engine started on, the trainer's:
+    the two threads' kernels would interleave on one stream, unordered against the first step's. The V1 runner
+    reads the current stream at every step and needs nothing."""
+    import functools
+
+    if not isinstance(getattr(type(runner), "main_stream", None), functools.cached_property):
+        return False
+    runner.__dict__["main_stream"] = stream
+    return True
+
+
+def _worker_pin_stream(worker: Any, stream: Any) -> bool:
+    return pin_runner_stream(worker.model_runner, stream)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------------------
@@ -513,6 +534,12 @@ class VLLMEngine:
 
     def close_weight_sync(self) -> None:
         self.llm.collective_rpc(_worker_close_weight_sync)
+
+    def run_on_stream(self, stream: Any) -> bool:
+        """Queue the engine's work on `stream` from now on, whichever stream the engine started on; the caller
+        generates under ``torch.cuda.stream(stream)``. Returns whether the model runner needed telling
+        (``pin_runner_stream``)."""
+        return bool(self.llm.collective_rpc(_worker_pin_stream, args=(stream,))[0])
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

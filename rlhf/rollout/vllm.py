@@ -5,12 +5,16 @@ path (its own GPUs, weights by broadcast) is ``rlhf.workers.rollout``; both star
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any, Optional
 
 from rlhf.config.rollout import RolloutConfig
 from rlhf.rollout.base import Timings
 from rlhf.types import PromptBatch, RolloutBatch
+
+log = logging.getLogger(__name__)
 
 # The plan's precision names as vLLM spells them.
 VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -71,11 +75,25 @@ class ColocatedVLLM:
         self.side_stream = side_stream and options.get("device", "cuda") == "cuda"
         self._stream: Optional[Any] = None
         self._loaded: Optional[Any] = None  # CUDA event after the last weight load (side stream only)
+        # One engine call at a time: vLLM locks nothing, and with the overlap its calls come from two threads
+        # (the loop already orders them; this keeps a misordered call from corrupting the engine).
+        self._stream_warned = False
+        self._lock = threading.RLock()  # generate may load weights first
         t0 = time.time()
         self.engine: Optional[Any] = VLLMEngine(model_path, **options)
+        if self.side_stream:
+            import torch
+
+            self._stream = torch.cuda.Stream()
+            # The engine started on this thread's stream, the trainer's; its runner may have kept that stream.
+            self.engine.run_on_stream(self._stream)
         self.start_s = time.time() - t0
 
     def generate(self, prompts: PromptBatch, *, seed: int, greedy: bool) -> tuple[RolloutBatch, Timings]:
+        with self._lock:
+            return self._generate(prompts, seed=seed, greedy=greedy)
+
+    def _generate(self, prompts: PromptBatch, *, seed: int, greedy: bool) -> tuple[RolloutBatch, Timings]:
         from rlhf.workers.rollout import generations_to_batch
 
         ro, engine = self.ro, self.engine
@@ -97,6 +115,7 @@ class ColocatedVLLM:
                 stop_token_ids=None if ro.ignore_eos else sorted(self.eos_ids),
             )
             if self._stream is not None:
+                self._check_stream()
                 self._stream.synchronize()  # nothing of this generation left in flight when the weights change
         t2 = time.time()
         if ro.enable_sleep:
@@ -105,17 +124,30 @@ class ColocatedVLLM:
         batch = generations_to_batch(prompts.input_ids, prompts.attention_mask, gens, ro.max_new_tokens, self.pad_id)
         return batch, {"timing/generate_engine_s": t2 - t1, "timing/sleep_wake_s": (t1 - t0) + (time.time() - t2)}
 
+    def _check_stream(self) -> None:
+        """Warn once if the engine moved the generating thread off its stream (a vLLM whose runner caches its
+        stream somewhere ``pin_runner_stream`` does not know): its kernels then share the trainer's stream."""
+        import torch
+
+        now = torch.cuda.current_stream()
+        if now != self._stream and not self._stream_warned:
+            self._stream_warned = True
+            log.warning(
+                "the vLLM engine left the generation thread on CUDA stream %#x, not its own %#x: generation and "
+                "training share a stream, so the overlap is lost and their kernels interleave; run without "
+                "algo.async_rollout or with rollout.enable_sleep=true",
+                now.cuda_stream,
+                self._stream.cuda_stream,
+            )
+
     def _stream_context(self):
         import contextlib
 
-        if not self.side_stream:
+        if self._stream is None:
             return contextlib.nullcontext()
         import torch
 
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        # The weights were loaded on the loading thread's current stream (vLLM gives the thread that started the
-        # engine a stream of its own, not the default one): wait for the event recorded there.
+        # The weights were loaded on the loading thread's stream: wait for the event recorded there.
         if self._loaded is not None:
             self._stream.wait_event(self._loaded)
         return torch.cuda.stream(self._stream)
@@ -124,25 +156,29 @@ class ColocatedVLLM:
         """Load the current weights into the engine, waking its weights first. Every policy rank calls it
         (ZeRO-3 gathers are collective)."""
         assert self.engine is not None, "load_weights after close"
-        t0 = time.time()
-        self.engine.wake_up(["weights"])
-        self.engine.update_weights(self.weights())
-        if self.side_stream:
-            import torch
+        with self._lock:
+            t0 = time.time()
+            self.engine.wake_up(["weights"])
+            self.engine.update_weights(self.weights())
+            if self._stream is not None:
+                import torch
 
-            self._loaded = torch.cuda.Event()
-            self._loaded.record()  # on this thread's current stream, where the copies were queued
-        return {"timing/weight_sync_s": time.time() - t0}
+                self._loaded = torch.cuda.Event()
+                self._loaded.record()  # on this thread's current stream, where the copies were queued
+            return {"timing/weight_sync_s": time.time() - t0}
 
     def sleep(self) -> None:
-        if self.engine is not None and self.ro.enable_sleep:
-            self.engine.sleep(self.sleep_level)
+        with self._lock:
+            if self.engine is not None and self.ro.enable_sleep:
+                self.engine.sleep(self.sleep_level)
 
     def wake_up(self) -> None:
-        if self.engine is not None:
-            self.engine.wake_up()
+        with self._lock:
+            if self.engine is not None:
+                self.engine.wake_up()
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.shutdown()
-            self.engine = None
+        with self._lock:
+            if self.engine is not None:
+                self.engine.shutdown()
+                self.engine = None

@@ -224,29 +224,35 @@ def packed_forward(model, packed: PackedRows, *, keep_logits: bool):
 
 
 def packed_response_logps(
-    model, packed: PackedRows, temperature: float = 1.0, with_entropy: bool = False, entropy_grad: bool = False
+    model,
+    packed: PackedRows,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    head=None,
 ):
     """`rlhf.training.sequences.response_logps` on a packed micro-batch: log-probs (and entropy) [n, width] in the
-    padded layout, 0 on padding, and the router's aux loss if any."""
+    padded layout, 0 on padding, and the router's aux loss if any. `head`: a ``HeadMode`` (the logits path when
+    None)."""
     from rlhf.models.ring_attention import get_ring
-    from rlhf.training.sequences import token_logps_and_entropy
+    from rlhf.training.sequences import LOGITS, head_bypassed, logps_of
 
+    head = head or LOGITS
     ring = get_ring()
     if ring is not None:
-        return _ring_response_logps(model, ring, packed, temperature, with_entropy, entropy_grad)
-    out, cut = packed_forward(model, packed, keep_logits=True)
-    logits = out.logits if cut else out.logits[:, packed.keep]
-    lp, ent = token_logps_and_entropy(
-        logits, packed.labels[None], temperature, with_entropy=with_entropy, entropy_grad=entropy_grad
-    )
+        return _ring_response_logps(model, ring, packed, temperature, with_entropy, entropy_grad, head)
+    with head_bypassed(model, head) as head_weight:
+        out, cut = packed_forward(model, packed, keep_logits=True)
+    x = out.logits if cut else out.logits[:, packed.keep]
+    lp, ent = logps_of(x, head_weight, packed.labels[None], temperature, head, with_entropy, entropy_grad)
     return packed.scatter(lp), (packed.scatter(ent) if ent is not None else None), getattr(out, "aux_loss", None)
 
 
-def _ring_response_logps(model, ring, packed: PackedRows, temperature, with_entropy, entropy_grad):
+def _ring_response_logps(model, ring, packed: PackedRows, temperature, with_entropy, entropy_grad, head):
     """`packed_response_logps` with the packed row split over the ring (rlhf/models/ring_attention.py): each
     rank's head runs on the response positions of its own chunk, and the values are gathered over the row."""
     from rlhf.models.ring_attention import forward_chunk, split
-    from rlhf.training.sequences import accepts_kwarg, token_logps_and_entropy
+    from rlhf.training.sequences import accepts_kwarg, head_bypassed, logps_of
 
     chunk = split(ring, packed.input_ids, position_ids=packed.position_ids, seq_lens=packed.seq_lens)
     mine = (packed.keep >= chunk.start) & (packed.keep < chunk.stop)
@@ -257,11 +263,10 @@ def _ring_response_logps(model, ring, packed: PackedRows, temperature, with_entr
     pos = local if n else torch.zeros(1, dtype=torch.long, device=local.device)
     labels = packed.labels[mine] if n else torch.zeros(1, dtype=packed.labels.dtype, device=local.device)
     cut = accepts_kwarg(model, "logits_to_keep")
-    out = forward_chunk(model, chunk, **({"logits_to_keep": pos} if cut else {}))
-    logits = out.logits if cut else out.logits[:, pos]
-    lp, ent = token_logps_and_entropy(
-        logits, labels[None], temperature, with_entropy=with_entropy, entropy_grad=entropy_grad
-    )
+    with head_bypassed(model, head) as head_weight:
+        out = forward_chunk(model, chunk, **({"logits_to_keep": pos} if cut else {}))
+    x = out.logits if cut else out.logits[:, pos]
+    lp, ent = logps_of(x, head_weight, labels[None], temperature, head, with_entropy, entropy_grad)
     width = chunk.stop - chunk.start
 
     def whole(values: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ response token t, so response log-probs come from `logits[:, P-1:-1]`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -17,11 +19,97 @@ from rlhf.algos.logprobs import (
     _check_logits,
     _p_times,
     compute_dtype,
+    head_logps_and_entropy,
     row_chunks,
     rows_per_chunk,
     scaled_logits,
     token_logprobs,
 )
+
+# transformers model types whose causal-LM forward ends with ``logits = lm_head(hidden)`` and nothing after it
+# (no soft-capping or logit scaling): the head can run inside the log-prob computation instead.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3"})
+
+
+@dataclass(frozen=True)
+class HeadMode:
+    """How response log-probs leave the LM head. ``fused``: the head runs inside the log-prob computation,
+    chunk by chunk, so no [tokens, vocabulary] logits exist (``engine.fused_lm_head``; models of
+    PLAIN_HEAD_MODEL_TYPES, else the logits path). ``compiled``: its per-chunk math through torch.compile."""
+
+    fused: bool = False
+    compiled: bool = False
+
+    @classmethod
+    def of(cls, engine, device: str) -> HeadMode:
+        """The mode of a role with EngineConfig `engine` on `device` (compiled only on GPUs)."""
+        fused = bool(getattr(engine, "fused_lm_head", False))
+        return cls(fused=fused, compiled=fused and bool(getattr(engine, "compile_lm_head", False)) and device == "cuda")
+
+
+LOGITS = HeadMode()
+
+
+def plain_head(model) -> Optional[Tuple[torch.nn.Module, torch.nn.Linear]]:
+    """(the transformers causal LM, its head) when the fused head applies to `model`, else None: a plain
+    bias-free linear head (not LoRA-wrapped, not quantized, not ZeRO-3 partitioned, not dispatched by
+    accelerate) of a model type in PLAIN_HEAD_MODEL_TYPES, under any TrainEngine, DeepSpeed or PEFT wrapper."""
+    m = model
+    while isinstance(getattr(m, "module", None), torch.nn.Module):
+        m = m.module
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    config = getattr(m, "config", None)
+    head = getattr(m, "lm_head", None)
+    if config is None or getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if type(head) is not torch.nn.Linear or head.bias is not None or hasattr(head, "_hf_hook"):
+        return None
+    w = head.weight
+    if not w.is_floating_point() or hasattr(w, "ds_id") or w.numel() == 0:
+        return None
+    return m, head
+
+
+@contextlib.contextmanager
+def head_bypassed(model, head: HeadMode):
+    """Inside, `model`'s forward returns the final hidden states where it returned logits (its head swapped for
+    an identity); yields the head's weight, or None where ``head.fused`` is off or does not apply (the forward
+    is then untouched)."""
+    found = plain_head(model) if head.fused else None
+    if found is None:
+        yield None
+        return
+    lm, linear = found
+    lm.lm_head = torch.nn.Identity()
+    try:
+        yield linear.weight
+    finally:
+        lm.lm_head = linear
+
+
+def logps_of(
+    x: torch.Tensor,
+    head_weight: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    temperature: float,
+    head: HeadMode,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+):
+    """Log-probs (and entropy) of `labels` from what a forward under ``head_bypassed`` returned: hidden states
+    when it yielded a head weight, logits otherwise."""
+    if head_weight is not None:
+        return head_logps_and_entropy(
+            x,
+            head_weight,
+            labels,
+            temperature,
+            with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
+            compiled=head.compiled,
+        )
+    return token_logps_and_entropy(x, labels, temperature, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -54,29 +142,30 @@ def response_logps(
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    head: HeadMode = LOGITS,
 ):
     """Log-probs [B, R] of the response tokens (and their entropy [B, R] when asked).
 
     Only the R positions that predict response tokens go through the LM head (``logits_to_keep`` where the
     model takes it): the prompt's logits are never computed. Log-probs and entropy come from one chunked pass
-    over those logits (`token_logps_and_entropy`); the entropy carries a gradient only with `entropy_grad`
-    (an entropy term in the loss)."""
+    over those logits (`token_logps_and_entropy`), or, with ``head.fused``, from the hidden states and the
+    head's weight without logits (`logps_of`); the entropy carries a gradient only with `entropy_grad` (an
+    entropy term in the loss)."""
     r = sequences.shape[1] - prompt_len
     kw = {}
     if accepts_kwarg(model, "logits_to_keep"):
         kw["logits_to_keep"] = torch.arange(prompt_len - 1, prompt_len - 1 + r, device=sequences.device)
-    out = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-        **kw,
-    )
-    logits = out.logits if kw else out.logits[:, prompt_len - 1 : -1]
+    with head_bypassed(model, head) as head_weight:
+        out = model(
+            input_ids=sequences,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+            **kw,
+        )
+    x = out.logits if kw else out.logits[:, prompt_len - 1 : -1]
     labels = sequences[:, prompt_len:]
-    logps, ent = token_logps_and_entropy(
-        logits, labels, temperature, with_entropy=with_entropy, entropy_grad=entropy_grad
-    )
+    logps, ent = logps_of(x, head_weight, labels, temperature, head, with_entropy, entropy_grad)
     aux = getattr(out, "aux_loss", None)
     return logps, ent, aux
 

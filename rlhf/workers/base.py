@@ -90,6 +90,9 @@ class RankWorker:
         import faulthandler
         import signal
 
+        # Start-up phases of this rank (seconds), read by the driver after setup (``startup_times``).
+        self._startup: dict[str, float] = {}
+
         # First, so that a process stopped while it loads its model is found as surely as one stopped mid-step.
         start_heartbeat()
 
@@ -114,6 +117,25 @@ class RankWorker:
         from rlhf.quiet import set_verbose
 
         set_verbose(None)
+        self._ready_at = time.time()  # the constructor done: process start, imports (and a separate engine)
+
+    def phase(self, name: str):
+        """``with self.phase("model"): ...`` adds the block's seconds to this rank's start-up phase `name`."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            tic = time.time()
+            try:
+                yield
+            finally:
+                self._startup[name] = self._startup.get(name, 0.0) + time.time() - tic
+
+        return timed()
+
+    def startup_times(self) -> dict:
+        """When the constructor finished (``ready_at``, Unix time) and the seconds of each start-up phase."""
+        return {"ready_at": self._ready_at, **self._startup}
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address and a free port for the role's process group."""

@@ -21,21 +21,24 @@ class CriticWorker(TrainedRole):
 
         t0 = time.time()
         s, plan = self.spec, self.plan
-        self.init_dist(master_addr, master_port, plan.device)
+        with self.phase("dist"):
+            self.init_dist(master_addr, master_port, plan.device)
         self.seed_everything(plan.rank_seed(self.role, self.rank))
         # A one-label token classifier on the policy's backbone (or the plan's critic model): a value for every
         # position.
         kw = _common_kwargs(s.model, plan.dtype, plan.device)
         kw.pop("quantization_config", None)
         path = resolve_path(self.role_plan.name_or_path or s.model.name_or_path)
-        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kw)
+        with self.phase("model"):
+            model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, **kw)
         # No dropout (transformers puts 0.1 before the value head): the loss must train the function `values`
         # computed, and random masks would make the update depend on how rows meet ranks.
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         model.config.use_cache = False
-        self.engine = self._engine(model, lr=s.algo.critic_lr)
+        with self.phase("engine"):
+            self.engine = self._engine(model, lr=s.algo.critic_lr)
         return {"setup_s": time.time() - t0}
 
     def values(self, batch: RolloutBatch):

@@ -111,6 +111,7 @@ class ActorGroup:
         self.beats = isinstance(actor_cls, type) and issubclass(actor_cls, RankWorker)
         self.placement_group = placement_group
         self.created = time.monotonic()
+        self.created_at = time.time()  # Unix time the actors were asked for (start-up figures: startup_times)
         self.stalled: Optional[int] = None  # the rank found stalled, killed at shutdown
         # Calls submitted to a named concurrency group run on that group's thread, beside the default group's
         # calls, which stay one at a time and in order (the collectives need that).

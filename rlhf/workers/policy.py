@@ -29,22 +29,26 @@ class PolicyWorker(TrainedRole):
 
         t0 = time.time()
         s, plan = self.spec, self.plan
-        self.init_dist(master_addr, master_port, plan.device)
+        with self.phase("dist"):
+            self.init_dist(master_addr, master_port, plan.device)
         self.seed_everything(plan.rank_seed(self.role, self.rank))
-        self.tokenizer = load_tokenizer(s.model, padding_side="left")
-        model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
+        with self.phase("model"):
+            self.tokenizer = load_tokenizer(s.model, padding_side="left")
+            model = load_causal_lm(s.model, dtype=plan.dtype, device=plan.device)
         # Ring attention (model.ring_attn_size): the controller gives the ranks of a ring the same rows; each
         # packed row of the log-prob and training passes is split over them (rlhf/training/packing_rl.py).
         if setup_ring(self.role_plan.ring_attn_size, s.model.ring_head_stride, plan.device) is not None:
             install(model)
-        self.engine = self._engine(model)
+        with self.phase("engine"):
+            self.engine = self._engine(model)
         self.eos_ids = _eos_ids(self.engine.module, self.tokenizer)
         self.sender = WeightSender(self.engine.module, zero3=s.engine.zero_stage == 3, dtype=plan.dtype)
         info = {"setup_s": time.time() - t0, "params": sum(p.numel() for p in model.parameters())}
         self.generator = None
         if not uses_separate_engines(s.rollout, s.placement_mode):
             t1 = time.time()
-            self.generator = make_generator(self)
+            with self.phase("rollout"):
+                self.generator = make_generator(self)
             info["rollout_start_s"] = time.time() - t1
         return info
 
@@ -104,14 +108,22 @@ class PolicyWorker(TrainedRole):
     def _forward_logps(self, m, with_entropy: bool, entropy_grad: bool = False):
         """Log-probs, entropy and router aux loss of one micro-batch (padded or packed)."""
         from rlhf.training.packing_rl import _rows_of, packed_response_logps
-        from rlhf.training.sequences import response_logps
+        from rlhf.training.sequences import HeadMode, response_logps
 
         t = self.spec.rollout.temperature
+        head = HeadMode.of(self.spec.engine, self.plan.device)
         if m.packed is not None:
-            return packed_response_logps(self.engine, m.packed, t, with_entropy, entropy_grad)
+            return packed_response_logps(self.engine, m.packed, t, with_entropy, entropy_grad, head=head)
         b = _rows_of(m.batch)
         return response_logps(
-            self.engine, b.sequences, b.attention_mask, b.prompt_len, t, with_entropy, entropy_grad=entropy_grad
+            self.engine,
+            b.sequences,
+            b.attention_mask,
+            b.prompt_len,
+            t,
+            with_entropy,
+            entropy_grad=entropy_grad,
+            head=head,
         )
 
     def score_greedy(self, batch: RolloutBatch) -> dict:

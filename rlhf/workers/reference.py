@@ -24,16 +24,19 @@ class ReferenceWorker(RankWorker):
 
         t0 = time.time()
         plan, rp = self.spec.plan, self.role_plan
-        self.init_dist(master_addr, master_port, plan.device)
+        with self.phase("dist"):
+            self.init_dist(master_addr, master_port, plan.device)
         cfg = replace(self.spec.model, name_or_path=rp.name_or_path) if rp.name_or_path else self.spec.model
-        model = load_causal_lm(cfg, dtype=plan.dtype, device=plan.device, trainable=False)
-        self.model = build_frozen(
-            model,
-            engine=self.spec.engine,
-            world_size=self.world_size,
-            dtype=plan.dtype,
-            micro_batch=rp.micro_batch_per_gpu,
-        )
+        with self.phase("model"):
+            model = load_causal_lm(cfg, dtype=plan.dtype, device=plan.device, trainable=False)
+        with self.phase("engine"):
+            self.model = build_frozen(
+                model,
+                engine=self.spec.engine,
+                world_size=self.world_size,
+                dtype=plan.dtype,
+                micro_batch=rp.micro_batch_per_gpu,
+            )
         self.device = next(model.parameters()).device if not hasattr(self.model, "device") else self.model.device
         return {"setup_s": time.time() - t0}
 
@@ -43,9 +46,10 @@ class ReferenceWorker(RankWorker):
         import torch
 
         from rlhf.training.packing_rl import micro_batches, packed_response_logps, scatter_rows
-        from rlhf.training.sequences import response_logps
+        from rlhf.training.sequences import HeadMode, response_logps
 
         a, t = self.spec.algo, self.spec.rollout.temperature
+        head = HeadMode.of(self.spec.engine, self.spec.plan.device)
         micros = micro_batches(
             batch,
             micro_rows=self.role_plan.micro_batch_per_gpu,
@@ -57,9 +61,9 @@ class ReferenceWorker(RankWorker):
         with torch.no_grad():
             for m in micros:
                 if m.packed is not None:
-                    lp, _, _ = packed_response_logps(self.model, m.packed, t)
+                    lp, _, _ = packed_response_logps(self.model, m.packed, t, head=head)
                 else:
                     b = m.batch
-                    lp, _, _ = response_logps(self.model, b.sequences, b.attention_mask, b.prompt_len, t)
+                    lp, _, _ = response_logps(self.model, b.sequences, b.attention_mask, b.prompt_len, t, head=head)
                 outs.append(lp.float())
         return scatter_rows(outs, micros, len(batch), batch.action_mask.shape[1]).cpu()

@@ -27,13 +27,19 @@ class RewardModelWorker(RankWorker):
 
         t0 = time.time()
         cfg = replace(self.model_cfg, name_or_path=self.path, tokenizer=None, lora=replace(self.model_cfg.lora, rank=0))
-        self.tokenizer = load_tokenizer(cfg, padding_side="right")
-        model = load_sequence_classifier(
-            cfg, dtype=self.dtype, device=self.device_kind, trainable=False, pad_token_id=self.tokenizer.pad_token_id
-        )
-        self.model = build_frozen(
-            model, engine=EngineConfig(zero_stage=0), world_size=1, dtype=self.dtype, micro_batch=self.batch_size
-        )
+        with self.phase("model"):
+            self.tokenizer = load_tokenizer(cfg, padding_side="right")
+            model = load_sequence_classifier(
+                cfg,
+                dtype=self.dtype,
+                device=self.device_kind,
+                trainable=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        with self.phase("engine"):
+            self.model = build_frozen(
+                model, engine=EngineConfig(zero_stage=0), world_size=1, dtype=self.dtype, micro_batch=self.batch_size
+            )
         return {"setup_s": time.time() - t0}
 
     def score(self, texts: list[str]):

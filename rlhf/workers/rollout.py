@@ -96,7 +96,8 @@ class RolloutWorker(RankWorker):
         options = dict(engine_options or {})
         options["seed"] = options.get("seed", 0) + rank
         started = time.perf_counter()
-        self.engine = VLLMEngine(model_path, **options)
+        with self.phase("rollout"):
+            self.engine = VLLMEngine(model_path, **options)
         self.start_s = time.perf_counter() - started
 
     def ready(self) -> dict:

@@ -27,11 +27,14 @@ SCRIPT = textwrap.dedent(
         model = torch.nn.Linear(4, 4).to(torch.bfloat16)
         engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
                                           config=cfg)
-        for _ in range(2):  # one full accumulation cycle: two micro-batches, one optimizer step
+        for _ in range(6):  # three accumulation cycles: two micro-batches, one optimizer step each
             loss = engine(torch.ones(2, 4, dtype=torch.bfloat16)).float().pow(2).mean()
             engine.backward(loss)
             engine.step()
+        assert engine.global_steps == 3
         assert all(torch.isfinite(p.float()).all() for p in engine.module.parameters())
+        # The throughput timer (a device sync per forward and step from its third step on) never ran.
+        assert engine.tput_timer.global_step_count == 0 and not engine.tput_timer.started
         print(f"stage {stage} ok", flush=True)
     """
 )

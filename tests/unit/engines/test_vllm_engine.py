@@ -375,3 +375,23 @@ def test_errors_name_the_fix(vllm):
         vllm.worker.sleep(3)
     with pytest.raises(ValueError, match="wake_up tags"):
         vllm.worker.wake_up(["everything"])
+
+
+def test_the_v2_runner_is_pinned_to_the_generation_stream_and_v1_needs_nothing() -> None:
+    """vLLM's V2 model runner keeps the stream of its warm-up (``main_stream``) and puts the generating thread
+    back on it after every step; the colocated overlap generates on a stream of its own and must pin it there.
+    Checked on the installed vLLM's own runner classes (constructed without a device)."""
+    pytest.importorskip("vllm")
+    from rlhf.engines.vllm_engine import pin_runner_stream
+
+    try:
+        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2
+    except ImportError:
+        pytest.skip("this vLLM has no V2 model runner")
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1
+
+    v2 = V2.__new__(V2)
+    side = object()  # any stream object: the pin only replaces the cached value
+    assert pin_runner_stream(v2, side) and v2.main_stream is side
+    v1 = V1.__new__(V1)
+    assert not pin_runner_stream(v1, side) and "main_stream" not in vars(v1)

@@ -265,3 +265,36 @@ def test_a_long_call_is_reported_with_where_its_ranks_are(one_logical_gpu, monke
         assert "in spin" in notes[0], notes
     finally:
         group.shutdown()
+
+
+class _Phased(RankWorker):
+    """A rank whose constructor and set-up take known times, rank 1 longer than rank 0."""
+
+    def __init__(self, rank: int, world_size: int, init_s: float):
+        time.sleep(init_s * (rank + 1))
+        super().__init__(rank, world_size)
+
+    def setup(self, model_s: float) -> None:
+        with self.phase("model"):
+            time.sleep(model_s * (self.rank + 1))
+        with self.phase("engine"):
+            pass
+        with self.phase("model"):  # a phase entered twice adds up
+            time.sleep(model_s)
+
+
+def test_role_startup_takes_the_slowest_rank_of_each_phase(one_logical_gpu) -> None:
+    from rlhf.controllers.onpolicy import role_startup
+    from rlhf.workers.group import ActorGroup
+
+    g = ActorGroup("actor", _Phased, 2, gpus_per_worker=0, args=(0.4,), timeout_s=60)
+    try:
+        g.run("setup", 0.3)
+        out = role_startup({"actor": g})
+    finally:
+        g.shutdown()
+    assert set(out) == {"startup/actor.init_s", "startup/actor.model_s", "startup/actor.engine_s"}
+    # Rank 1: 0.3 * 2 + 0.3 in the model phase; its constructor slept 0.8 s after the ask for the actors.
+    assert 0.9 <= out["startup/actor.model_s"] < 1.5
+    assert 0.8 <= out["startup/actor.init_s"] < 15
+    assert 0 <= out["startup/actor.engine_s"] < 0.1

@@ -1,0 +1,167 @@
+"""The fused LM head (engine.fused_lm_head): log-probs, entropy and every parameter's gradient equal the logits
+path's, on whole models (padded and packed micro-batches, tied and untied heads), and the head is left alone
+wherever the fusion does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.algos.logprobs import head_logps_and_entropy
+from rlhf.algos.policy_loss import ppo_policy_loss
+from rlhf.training.packing_rl import micro_batches, packed_response_logps
+from rlhf.training.sequences import (
+    LOGITS,
+    HeadMode,
+    head_bypassed,
+    plain_head,
+    response_logps,
+    token_logps_and_entropy,
+)
+from tests.unit.training.test_packing_rl import _max_diff, _rollout
+
+FUSED = HeadMode(fused=True)
+VOCAB = 97
+
+
+def _lm(arch: str = "qwen2", tie: bool = False, seed: int = 0):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    config = cls(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").double()
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_head_logps_equal_the_logits_path_values_and_gradients(compiled, temperature):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(40, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 40, (3, 5), generator=g)
+    up = [torch.randn(3, 5, dtype=torch.float64, generator=g) for _ in range(2)]
+    results = []
+    for fused in (True, False):
+        if fused:
+            lp, ent = head_logps_and_entropy(
+                h, w, y, temperature, with_entropy=True, entropy_grad=True, chunk_rows=4, compiled=compiled
+            )
+        else:
+            lp, ent = token_logps_and_entropy(h @ w.t(), y, temperature, with_entropy=True, entropy_grad=True)
+        (lp * up[0] + ent * up[1]).sum().backward()
+        results.append((lp.detach(), ent.detach(), h.grad.clone(), w.grad.clone()))
+        h.grad = w.grad = None
+    for a, b in zip(*results):
+        assert _max_diff(a, b) < 1e-12
+    # Without entropy: none returned, and the log-probs alone carry the same gradient.
+    lp, ent = head_logps_and_entropy(h, w, y, temperature, chunk_rows=7, compiled=compiled)
+    assert ent is None and _max_diff(lp.detach(), results[0][0]) < 1e-12
+
+
+def test_head_logps_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match="do not match"):
+        head_logps_and_entropy(torch.zeros(2, 8), torch.zeros(5, 7), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        head_logps_and_entropy(torch.zeros(2, 8), torch.zeros(5, 8), torch.zeros(2, dtype=torch.long), 0.0)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_fused_head_on_a_model_equals_the_logits_path(tie, packed):
+    """A PPO loss with an entropy term through whole micro-batches: the same loss, log-probs, entropy and
+    gradient on every parameter (the tied head's gradient adds to the embedding's)."""
+    exp = _rollout()
+    mask = exp.action_mask.double()
+    micros = micro_batches(exp, micro_rows=3, max_tokens=40 if packed else None, packed=packed)
+    runs = []
+    for head in (FUSED, LOGITS):
+        model = _lm(tie=tie)
+        assert (plain_head(model) is not None) and (model.lm_head.weight is model.model.embed_tokens.weight) == tie
+        calls: list = []
+        model.lm_head.register_forward_hook(lambda mod, inp, out, calls=calls: calls.append(out.shape))
+        logps, ents = [], []
+        for m in micros:
+            if packed:
+                lp, ent, _ = packed_response_logps(model, m.packed, 0.7, True, True, head=head)
+            else:
+                b = m.batch
+                lp, ent, _ = response_logps(
+                    model, b.sequences, b.attention_mask, b.prompt_len, 0.7, True, entropy_grad=True, head=head
+                )
+            e = m.batch
+            part, _ = ppo_policy_loss(
+                lp,
+                e.old_logps.double(),
+                e.advantages.double(),
+                e.action_mask.double(),
+                clip_low=0.2,
+                clip_high=0.2,
+                agg="token_mean",
+            )
+            (part - 0.01 * (ent * e.action_mask).sum()).backward()
+            logps.append(lp.detach())
+            ents.append(ent.detach())
+        assert type(model.lm_head) is torch.nn.Linear  # put back after every forward
+        assert (calls == []) == (head is FUSED)  # the fused path never ran the head module (no logits)
+        runs.append((logps, ents, _grads(model)))
+    (lp_f, ent_f, g_f), (lp_l, ent_l, g_l) = runs
+    for a, b in zip(lp_f + ent_f, lp_l + ent_l):
+        assert _max_diff(a, b) < 1e-10
+    assert g_f.keys() == g_l.keys() and ("lm_head.weight" in g_f or tie)
+    for name in g_l:
+        assert _max_diff(g_f[name], g_l[name]) < 1e-10 * max(1.0, g_l[name].abs().max().item()), name
+    assert mask.sum() > 0
+
+
+def test_the_head_is_left_alone_where_fusion_does_not_apply():
+    from peft import LoraConfig, get_peft_model
+
+    model = _lm()
+    linear = model.lm_head
+    with head_bypassed(model, LOGITS) as w:  # fusion off
+        assert w is None and model.lm_head is linear
+    with head_bypassed(model, FUSED) as w:
+        assert w is linear.weight and type(model.lm_head) is torch.nn.Identity
+    assert model.lm_head is linear
+    # LoRA on the attention keeps a plain head (found through the PEFT wrapper); LoRA on the head does not.
+    attn = get_peft_model(_lm(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert plain_head(attn) is not None
+    on_head = get_peft_model(_lm(), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    assert plain_head(on_head) is None
+    # A model type whose forward changes the logits after the head (Gemma 2 soft-caps them).
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    gemma = AutoModelForCausalLM.from_config(
+        Gemma2Config(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            vocab_size=VOCAB,
+        )
+    )
+    assert plain_head(gemma) is None
+
+
+def test_head_mode_compiles_only_on_gpus():
+    from rlhf.config.engine import EngineConfig
+
+    assert HeadMode.of(EngineConfig(), "cuda") == HeadMode(fused=True, compiled=True)
+    assert HeadMode.of(EngineConfig(), "cpu") == HeadMode(fused=True, compiled=False)
+    assert HeadMode.of(EngineConfig(fused_lm_head=False), "cuda") == LOGITS
