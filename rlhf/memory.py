@@ -118,13 +118,15 @@ def training_memory(
     base_bytes_per_param: float | None = None,
     chunked_logits: bool = True,
     with_lm_head: bool = True,
+    head_rows: int | None = None,
 ) -> MemoryEstimate:
     """Peak bytes on one GPU of a role trained with DeepSpeed.
 
     lora_fraction: trainable share of the parameters (1.0 for full fine-tuning); base_bytes_per_param: bytes of
     a frozen base weight (0.5 plus scales for 4-bit QLoRA); chunked_logits: the log-prob path computes the
     vocabulary softmax in row chunks, so only the bf16 logits and their gradient are live; with_lm_head: False
-    for a critic (a value head of width 1 replaces the vocabulary logits).
+    for a critic (a value head of width 1 replaces the vocabulary logits); head_rows: the LM head runs fused with
+    the log-probs in chunks of this many rows (engine.fused_lm_head), so only one chunk's logits exist at a time.
 
     The activations column holds the larger of the two transient peaks: the backward pass's live activations
     and logits, or the optimizer step's fp32 copy of the gradient partition (the activations are freed by then).
@@ -180,7 +182,9 @@ def training_memory(
     # The final norm (8h) and the LM head's input.
     acts += tokens * 10 * h * act_scale
     logits = 0.0
-    if with_lm_head:
+    if with_lm_head and head_rows:
+        logits = fused_head_bytes(min(tokens, head_rows), shape.vocab_size, bytes_per_param, backward=True)
+    elif with_lm_head:
         logits = tokens * shape.vocab_size * (4 if chunked_logits else 10) * act_scale
     transient = max(acts + logits, step_grads)
     return MemoryEstimate(
@@ -194,6 +198,14 @@ def training_memory(
     )
 
 
+def fused_head_bytes(rows: int, vocab: int, bytes_per_value: float, backward: bool) -> float:
+    """Peak bytes of the fused LM head's chunk of `rows` (rlhf/algos/logprobs.py ``_HeadLogps``): the chunk's
+    logits in the model's dtype and about three fp32 working copies (the upcast, the softmax, a product), plus
+    in backward the logits' gradient in the model's dtype."""
+    per = bytes_per_value + 12 + (bytes_per_value if backward else 0)
+    return rows * vocab * per
+
+
 def inference_memory(
     role: str,
     shape: ModelShape,
@@ -204,17 +216,22 @@ def inference_memory(
     bytes_per_param: int = 2,
     with_lm_head: bool = True,
     zero3: bool = False,
+    head_rows: int | None = None,
 ) -> MemoryEstimate:
     """Peak bytes on one GPU of a frozen model (reference, reward) sharded over `shards` GPUs.
 
-    zero3: the model is a ZeRO-3 engine (its own gathered-parameter buffers, even on one GPU).
+    zero3: the model is a ZeRO-3 engine (its own gathered-parameter buffers, even on one GPU); head_rows: as for
+    ``training_memory``.
     """
     weights = shape.params * bytes_per_param / max(shards, 1)
     tokens = micro_batch * seq_len
     # No autograd graph: only a few hidden-size buffers per token are live (residual, attention and MLP
     # outputs), about four 16-bit ones.
     acts = tokens * shape.hidden_size * 4 * bytes_per_param
-    logits = tokens * shape.vocab_size * 3 if with_lm_head else 0
+    if with_lm_head and head_rows:
+        logits = fused_head_bytes(min(tokens, head_rows), shape.vocab_size, bytes_per_param, backward=False)
+    else:
+        logits = tokens * shape.vocab_size * 3 if with_lm_head else 0
     other = FRAMEWORK_OVERHEAD_GIB + (zero3_gathered_bytes(shape.params, bytes_per_param) / GIB if zero3 else 0.0)
     return MemoryEstimate(role, weights / GIB, 0.0, 0.0, (acts + logits) / GIB, other)
 

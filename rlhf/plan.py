@@ -668,7 +668,8 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
         lora_fraction=lora_fraction,
         base_bytes_per_param=base_bytes,
     )
-    by_role = {"actor": training_memory("actor", shape, **common)}
+    head_rows = _fused_head_rows(cfg, spec, shape)
+    by_role = {"actor": training_memory("actor", shape, **common, head_rows=head_rows)}
     if spec.family == "onpolicy" and not has_engines(cfg.rollout.backend):
         # The policy ranks generate with HF generate between training passes: the larger transient counts.
         gen = hf_generation_bytes(
@@ -694,6 +695,7 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
             seq_len=common["seq_len"] if ref_plan is not None and ref_plan.hosted_in == "actor" else seq,
             bytes_per_param=bytes_per_param,
             zero3=e.zero_stage == 3,
+            head_rows=head_rows,
         )
     if critic:
         # The critic trains over its own GPUs (placement=separate) and has a value head instead of the LM head.
@@ -711,6 +713,7 @@ def _memory(cfg, spec, roles, world, reference, critic, dtype):
                 with_lm_head=False,
                 micro_batch=critic_micro or common["micro_batch"],
                 seq_len=seq,  # the critic runs whole rows
+                head_rows=None,
             ),
         )
     rollout = next((r for r in roles if r.role == "rollout"), None)
@@ -923,6 +926,23 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
         f"model: architecture of {m.name_or_path} from {found.source} ({found.params_b:.3g}B parameters), "
         f"not the numbers of conf/model/{name}.yaml" + (f" ({', '.join(replaced)} differ)" if replaced else "")
     )
+
+
+def _fused_head_rows(cfg: RunConfig, spec: AlgoSpec, shape: ModelShape) -> Optional[int]:
+    """Rows of logits the fused LM head holds at once where the run's RL passes use it (engine.fused_lm_head,
+    a plain head: rlhf/training/sequences.py plain_head), else None (the whole micro-batch's logits)."""
+    from rlhf.algos.logprobs import head_chunk_rows
+    from rlhf.models.arch import PLAIN_HEAD_MODEL_TYPES
+
+    e, m = cfg.engine, cfg.model
+    applies = (
+        spec.family == "onpolicy"
+        and e.fused_lm_head
+        and e.zero_stage != 3
+        and (m.model_type or "llama") in PLAIN_HEAD_MODEL_TYPES
+        and "lm_head" not in (m.lora.target_modules if m.lora.rank > 0 else ())
+    )
+    return head_chunk_rows(shape.vocab_size) if applies else None
 
 
 def _role_shape(cfg: RunConfig, role: str) -> ModelShape:

@@ -291,9 +291,10 @@ def fused_head_kernels(compiled: bool):
     return _COMPILED["kernels"]
 
 
-def head_chunk_rows(vocab: int, chunk_rows: Optional[int]) -> int:
-    """Rows per chunk of the fused head: `chunk_rows`, else about 1 GiB of fp32 logits (whole rows), at least 1."""
-    return chunk_rows if chunk_rows is not None else max(1, (4 * DEFAULT_CHUNK_ELEMENTS) // max(vocab, 1))
+def head_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
+    """Rows per chunk of the fused head: `chunk_rows`, else those of DEFAULT_CHUNK_ELEMENTS logits (256 MiB in
+    fp32; the eager per-chunk math holds about five such copies at once), at least 1."""
+    return rows_per_chunk(vocab, chunk_rows)
 
 
 class _HeadLogps(torch.autograd.Function):

@@ -24,6 +24,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+# transformers model types whose causal-LM forward ends with ``logits = lm_head(hidden)`` and nothing after it
+# (no soft-capping or logit scaling): the head can run inside the log-prob computation instead
+# (engine.fused_lm_head, rlhf/training/sequences.py), and the planner counts its chunks instead of the logits.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3"})
+
 CONF_MODEL_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 # Safetensors element counts are summed from shapes; the dtype does not matter for a parameter count.
 _HEADER_LIMIT = 100 * 1024 * 1024

@@ -25,10 +25,7 @@ from rlhf.algos.logprobs import (
     scaled_logits,
     token_logprobs,
 )
-
-# transformers model types whose causal-LM forward ends with ``logits = lm_head(hidden)`` and nothing after it
-# (no soft-capping or logit scaling): the head can run inside the log-prob computation instead.
-PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3"})
+from rlhf.models.arch import PLAIN_HEAD_MODEL_TYPES
 
 
 @dataclass(frozen=True)

@@ -157,3 +157,25 @@ def test_moe_counts_every_expert_in_weights_but_only_routed_ones_in_activations(
     # MLP share of a layer: 3*h*I per expert.
     assert moe.layer_params - dense.layer_params == 7 * 3 * 4096 * 14336
     assert moe.activation_bytes_per_token_layer() - dense.activation_bytes_per_token_layer() == 8 * 14336
+
+
+def test_fused_head_holds_one_chunk_of_logits_by_hand():
+    from rlhf.memory import fused_head_bytes
+
+    whole = _train(micro_batch=8)
+    fused = _train(micro_batch=8, head_rows=500)
+    tokens, v = 8 * 2048, LLAMA3_8B.vocab_size
+    # Whole micro-batch: bf16 logits and their gradient (4 bytes per entry). Fused: 500 rows of bf16 logits, three
+    # fp32 working copies and the bf16 gradient (2 + 12 + 2 bytes per entry).
+    assert fused_head_bytes(500, v, 2, backward=True) == 500 * v * 16
+    assert (whole.activations_gib - fused.activations_gib) * GIB == pytest.approx(tokens * v * 4 - 500 * v * 16)
+    # A chunk larger than the micro-batch holds the micro-batch's rows only.
+    assert (_train(micro_batch=8, head_rows=10**9).activations_gib - whole.activations_gib) * GIB == pytest.approx(
+        tokens * v * 12
+    )
+    # Frozen passes keep no gradient: 3 bytes per entry for the whole logits, 2 + 12 for a chunk.
+    inf = dict(shards=1, micro_batch=2, seq_len=2048)
+    assert (
+        inference_memory("ref", LLAMA3_8B, **inf).activations_gib
+        - inference_memory("ref", LLAMA3_8B, **inf, head_rows=500).activations_gib
+    ) * GIB == pytest.approx(2 * 2048 * v * 3 - 500 * v * 14)

@@ -263,3 +263,29 @@ def test_hf_generate_batch_is_chosen_to_fit_and_a_given_one_is_kept():
     small = typed("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "rollout=hf")
     resolve_plan(small)
     assert small.rollout.generate_batch == 64
+
+
+def test_the_plan_counts_the_fused_head_where_the_rl_passes_use_it():
+    """GRPO on Qwen2.5-0.5B: the fused head holds one chunk of logits (engine.fused_lm_head); off, or under
+    ZeRO-3 (partitioned head) or for SFT (its loss reads whole logits), the micro-batch's logits count."""
+    from rlhf.algos.logprobs import head_chunk_rows
+
+    base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h200x1", "rollout=vllm", "algo.micro_batch_per_gpu=16")
+    fused = _actor(*base)
+    plain = _actor(*base, "engine.fused_lm_head=false")
+    tokens = 16 * (typed(*base).data.prompt_max_len + typed(*base).rollout.max_new_tokens)
+    rows = head_chunk_rows(151936)
+    assert rows < tokens
+    assert (plain.activations_gib - fused.activations_gib) * 2**30 == pytest.approx(
+        tokens * 151936 * 4 - rows * 151936 * 16, rel=1e-6
+    )
+    z3 = ("engine.zero_stage=3",)
+    assert _actor(*base, *z3).activations_gib == pytest.approx(
+        _actor(*base, *z3, "engine.fused_lm_head=false").activations_gib
+    )
+    sft = ("algo=sft", "model=qwen2_5_0_5b", "hw=h200x1")
+    assert _actor(*sft).activations_gib == pytest.approx(_actor(*sft, "engine.fused_lm_head=false").activations_gib)
+
+
+def _actor(*overrides: str):
+    return next(m for m in resolve_plan(typed(*overrides)).memory if m.role == "actor")
