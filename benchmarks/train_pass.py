@@ -164,7 +164,7 @@ def run_variant(name, overrides, args) -> dict:
     for i in range(args.repeats + 1):
         _sync()
         tic = time.time()
-        stats = w.train(minis, log_entropy=False)
+        stats = w.train(minis, log_entropy=args.entropy)
         _sync()
         if i:
             times.append(time.time() - tic)
@@ -183,7 +183,7 @@ def run_variant(name, overrides, args) -> dict:
             update_epochs=1,
             seed=0,
         )
-        out["profile"] = _profile_table(lambda: w.train(small, log_entropy=False))
+        out["profile"] = _profile_table(lambda: w.train(small, log_entropy=args.entropy))
         print(out["profile"], flush=True)
     w.close()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -276,6 +276,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", default=[], help="NAME:override,override (repeatable)")
+    p.add_argument(
+        "--no-entropy",
+        dest="entropy",
+        action="store_false",
+        help="updates without the entropy metric (the bench workloads log it every step, algo.log_every=1)",
+    )
     p.add_argument("--plain", action="store_true", help="also the plain-torch floor (with and without checkpointing)")
     p.add_argument("--plain-micro", type=int, default=16)
     p.add_argument("--profile", nargs="*", default=[], help="variant names to profile ('plain' for the floor)")

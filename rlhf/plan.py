@@ -928,15 +928,20 @@ def _refresh_stale_preset(m, problems: list[str], chosen: list[str]) -> None:
     )
 
 
+# Objectives whose log-probs go through rlhf/training/sequences.py head_bypassed ("policy": on-policy RL).
+FUSED_HEAD_OBJECTIVES = frozenset({"policy", "sft", "dpo", "kto"})
+
+
 def _fused_head_rows(cfg: RunConfig, spec: AlgoSpec, shape: ModelShape) -> Optional[int]:
-    """Rows of logits the fused LM head holds at once where the run's RL passes use it (engine.fused_lm_head,
-    a plain head: rlhf/training/sequences.py plain_head), else None (the whole micro-batch's logits)."""
+    """Rows of logits the fused LM head holds at once where the run's passes use it (engine.fused_lm_head, a
+    plain head: rlhf/training/sequences.py plain_head; the RL passes and the token log-probs of SFT, DPO and
+    KTO), else None (the whole micro-batch's logits: reward models, PRM and distillation read whole logits)."""
     from rlhf.algos.logprobs import head_chunk_rows
     from rlhf.models.arch import PLAIN_HEAD_MODEL_TYPES
 
     e, m = cfg.engine, cfg.model
     applies = (
-        spec.family == "onpolicy"
+        spec.objective in FUSED_HEAD_OBJECTIVES
         and e.fused_lm_head
         and e.zero_stage != 3
         and (m.model_type or "llama") in PLAIN_HEAD_MODEL_TYPES

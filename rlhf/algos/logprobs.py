@@ -244,14 +244,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
 def _head_forward(logits: torch.Tensor, labels: torch.Tensor, inv_t: float, with_entropy: bool):
     """One chunk: (log-prob of each label, logsumexp, entropy or None) of softmax(logits * inv_t), in fp32 (fp64
-    for fp64 logits)."""
-    x = logits.to(compute_dtype(logits.dtype)) * inv_t
+    for fp64 logits). `logits` is the chunk's own product, overwritten (in place: fewer passes over the chunk)."""
+    x = logits.to(compute_dtype(logits.dtype))
+    if inv_t != 1.0:
+        x.mul_(inv_t)
     lse = torch.logsumexp(x, dim=-1)
-    logp = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
-    if not with_entropy:
-        return logp, lse, None
-    # H = logsumexp(x) - sum_j p_j x_j (finite for finite logits, unlike -sum p log p at p = 0).
-    ent = lse - (torch.exp(x - lse.unsqueeze(-1)) * x).sum(-1)
+    x.sub_(lse.unsqueeze(-1))  # log p (finite for finite logits)
+    logp = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    ent = -(x.exp().mul_(x)).sum(-1) if with_entropy else None
     return logp, lse, ent
 
 
@@ -265,28 +265,59 @@ def _head_backward(
     inv_t: float,
 ) -> torch.Tensor:
     """One chunk: d(loss)/d(logits) in the logits' dtype, from the gradients of the log-probs and the entropy.
-    d logp_y / dx_j = 1[j = y] - p_j; dH / dx_j = -p_j (x_j - lse + H); and x = logits * inv_t."""
-    x = logits.to(compute_dtype(logits.dtype)) * inv_t
-    p = torch.exp(x - lse.unsqueeze(-1))
-    grad = -p * g_logp.unsqueeze(-1)
+    d logp_y / dx_j = 1[j = y] - p_j; dH / dx_j = -p_j (log p_j + H); and x = logits * inv_t. `logits` is the
+    chunk's recomputed product, overwritten."""
+    x = logits.to(compute_dtype(logits.dtype))
+    if inv_t != 1.0:
+        x.mul_(inv_t)
+    x.sub_(lse.unsqueeze(-1))  # log p
+    g_logp = g_logp * inv_t
     if g_ent is not None and ent is not None:
-        grad = grad - p * (x - lse.unsqueeze(-1) + ent.unsqueeze(-1)) * g_ent.unsqueeze(-1)
-    hit = torch.arange(x.shape[-1], device=x.device) == labels.unsqueeze(-1)
-    grad = grad + torch.where(hit, g_logp.unsqueeze(-1), 0.0)
-    return (grad * inv_t).to(logits.dtype)
+        g_ent = g_ent * inv_t
+        p = x.exp()
+        # -p_j (g_logp + g_ent (log p_j + H)) = -p_j (g_ent log p_j + (g_logp + g_ent H))
+        grad = p.mul_(x.mul_(g_ent.unsqueeze(-1)).add_((g_logp + g_ent * ent).unsqueeze(-1))).neg_()
+    else:
+        grad = x.exp_().mul_(-g_logp.unsqueeze(-1))
+    grad.scatter_add_(-1, labels.unsqueeze(-1), g_logp.unsqueeze(-1))
+    return grad.to(logits.dtype)
 
 
 _COMPILED: dict = {}
 
 
+def _or_eager(compiled_fn, eager_fn):
+    """`compiled_fn`, and from its first failure on (no compiler, an unsupported backend) `eager_fn` for the rest
+    of the process, with one warning."""
+
+    def call(*args):
+        if not _COMPILED.get("failed"):
+            try:
+                return compiled_fn(*args)
+            except Exception as e:  # noqa: BLE001 - any compile failure: the eager math gives the same numbers
+                _COMPILED["failed"] = True
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "torch.compile of the fused LM head failed (%s: %s); it runs eagerly (engine.compile_lm_head="
+                    "false says so up front)",
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
+        return eager_fn(*args)
+
+    return call
+
+
 def fused_head_kernels(compiled: bool):
-    """The per-chunk (forward, backward) functions, through torch.compile when `compiled` (built once)."""
+    """The per-chunk (forward, backward) functions, through torch.compile when `compiled` (built once; eager
+    from a failure on)."""
     if not compiled:
         return _head_forward, _head_backward
     if "kernels" not in _COMPILED:
         _COMPILED["kernels"] = (
-            torch.compile(_head_forward, dynamic=True),
-            torch.compile(_head_backward, dynamic=True),
+            _or_eager(torch.compile(_head_forward, dynamic=True), _head_forward),
+            _or_eager(torch.compile(_head_backward, dynamic=True), _head_backward),
         )
     return _COMPILED["kernels"]
 

@@ -178,6 +178,10 @@ class TrainEngine:
         self.grad_accum = grad_accum
         self.world_size = world_size
         self.micro_batch = micro_batch
+        from rlhf.training.sequences import HeadMode
+
+        # How log-probs leave the LM head in the objectives (engine.fused_lm_head; rlhf/training/sequences.py).
+        self.head_mode = HeadMode.of(engine, "cuda" if torch.cuda.is_available() else "cpu")
 
     @property
     def loss_scale(self) -> float:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from rlhf.algos.logprobs import token_logprobs
+from rlhf.algos.logprobs import head_logps_and_entropy, token_logprobs
 from rlhf.algos.preference import dpo_loss, kto_loss
 from rlhf.algos.reward import pairwise_loss
 from rlhf.models.ring_attention import get_ring, packed_token_logps, sequence_scores
@@ -42,17 +42,39 @@ def _forward(model, batch: dict):
     return model(**kwargs, use_cache=False)
 
 
+def head_of(model):
+    """The ``HeadMode`` a trained or reference model's log-probs use (``head_mode``, set by TrainEngine and the
+    offline trainer's reference; the logits path for anything else)."""
+    from rlhf.training.sequences import LOGITS
+
+    return getattr(model, "head_mode", None) or LOGITS
+
+
 def _forward_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probs of the next token [B, T-1], the shifted loss mask, and the MoE aux loss if any.
     With ring attention (model.ring_attn_size > 1) the packed row is split over the ring and the log-probs
-    gathered back: the same [1, T-1] on every rank of the ring."""
+    gathered back: the same [1, T-1] on every rank of the ring. With a fused head (``head_of``) only the
+    positions of the loss mask go through the head, and the others are 0 (every objective masks them)."""
+    from rlhf.training.sequences import head_bypassed
+
     ring = get_ring()
+    labels = batch["input_ids"][:, 1:]
+    loss_mask = batch["loss_mask"][:, 1:]
+    keep = loss_mask != 0
+    head = head_of(model)
     if ring is not None:
         logps, out = packed_token_logps(model, ring, batch)
     else:
-        out = _forward(model, batch)
-        logps = token_logprobs(out.logits[:, :-1], batch["input_ids"][:, 1:])
-    mask = batch["loss_mask"][:, 1:].to(logps.dtype)
+        with head_bypassed(model, head) as head_weight:
+            out = _forward(model, batch)
+        if head_weight is None:
+            logps = token_logprobs(out.logits[:, :-1], labels)
+        else:
+            picked, _ = head_logps_and_entropy(
+                out.logits[:, :-1][keep], head_weight, labels[keep], compiled=head.compiled
+            )
+            logps = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
+    mask = loss_mask.to(logps.dtype)
     aux = getattr(out, "aux_loss", None)
     return logps, mask, aux
 

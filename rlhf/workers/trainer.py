@@ -114,6 +114,8 @@ class TrainerWorker(StepState, RankWorker):
                 dtype=plan.dtype,
                 micro_batch=self.role_plan.micro_batch_per_gpu,
             )
+            # How the objectives' log-probs leave its head (rlhf/training/objectives.py head_of).
+            self.ref.head_mode = self.engine.head_mode
         return {
             "total_steps": total,
             "steps_per_epoch": self.steps_per_epoch,

@@ -116,23 +116,25 @@ def test_sft_llama3_8b_a100x8_takes_zero2_and_the_largest_micro_batch():
     # recompute), micro 16 x 256 tokens (sft_tiny max_len) = 4096 tokens per GPU:
     #   weights 2 x 8.03e9 B = 14.96 GiB; grads 2P/8 = 1.87; Adam 12P/8 = 11.22; buckets 1e9 B = 0.93 + 2.5;
     #   activations 4096 x (32 x 208896 + 10 x 4096) = 4096 x 6725632 B = 25.66 GiB
-    #   + logits 4096 x 128256 x 4 B = 1.96 GiB; total 14.96 + 1.87 + 11.22 + 27.62 + 3.43 = 59.1 GiB < 79.2.
+    #   + the fused head's chunk of 2**26 // 128256 = 523 rows x 128256 x 16 B (bf16 logits and gradient, three
+    #   fp32 copies) = 1.0 GiB; total 14.96 + 1.87 + 11.22 + 26.66 + 3.43 = 58.1 GiB < 79.2.
     assert (plan.zero_stage, run.engine.offload_optimizer, run.engine.gradient_checkpointing) == (2, False, False)
     assert "engine: zero2 without checkpointing (the fastest setting that fits)" in plan.chosen
     assert (plan.train_batch_samples, plan.micro_batch_per_gpu, plan.grad_accum) == (128, 16, 1)
     actor = next(m for m in plan.memory if m.role == "actor")
     assert actor.total_gib == pytest.approx(
-        14.96 + 1.87 + 11.22 + (4096 * 6725632 + 4096 * 128256 * 4) / GIB + 2.5 + 1e9 / GIB, abs=0.02
+        14.96 + 1.87 + 11.22 + (4096 * 6725632 + 523 * 128256 * 16) / GIB + 2.5 + 1e9 / GIB, abs=0.02
     )
 
 
 def test_long_sequences_keep_checkpointing_rather_than_a_tiny_micro_batch():
     run, plan = _plan("algo=sft", "model=llama3_8b", "hw=a100x8", "~tuning", "data.max_len=4096")
     # Without checkpointing, micro 2 x 4096 tokens (8192, the smallest worth skipping the recompute) needs
-    # 8192 x 6725632 B = 51.3 GiB of activations + 8192 x 128256 x 4 B = 3.9 GiB of logits on top of the
-    # 31.5 GiB of states: 86.7 > 79.2. Micro 1 would be too small, so the checkpointed ZeRO-2 comes next:
-    # micro 16 x 4096 = 65536 tokens x (512000 + 128256 x 4) B = 62.6 GiB + 31.5 > 79.2; micro 8: 31.3 + 31.5 fits.
-    assert (plan.zero_stage, run.engine.gradient_checkpointing, plan.micro_batch_per_gpu) == (2, True, 8)
+    # 8192 x 6725632 B = 51.3 GiB of activations + the fused head's chunk, 523 rows x 128256 x 16 B = 1.0 GiB,
+    # on top of the 31.5 GiB of states: 83.8 > 79.2. Micro 1 would be too small, so the checkpointed ZeRO-2
+    # comes next: micro 16 x 4096 = 65536 tokens x 512000 B = 31.25 GiB + 1.0 + 31.5 = 63.7 fits (with the whole
+    # micro-batch's logits, 65536 x 128256 x 4 B = 31.3 GiB more, it would not: micro 8 was the answer then).
+    assert (plan.zero_stage, run.engine.gradient_checkpointing, plan.micro_batch_per_gpu) == (2, True, 16)
     engine = next(c for c in plan.chosen if c.startswith("engine:"))
     assert engine.startswith("engine: zero2 (zero2 without checkpointing: ")
     assert "too small to skip the recompute" in engine, engine

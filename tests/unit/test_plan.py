@@ -266,13 +266,13 @@ def test_hf_generate_batch_is_chosen_to_fit_and_a_given_one_is_kept():
 
 
 def test_the_plan_counts_the_fused_head_where_the_rl_passes_use_it():
-    """GRPO on Qwen2.5-0.5B: the fused head holds one chunk of logits (engine.fused_lm_head); off, or under
-    ZeRO-3 (partitioned head) or for SFT (its loss reads whole logits), the micro-batch's logits count."""
+    """GRPO on Qwen2.5-0.5B: the fused head holds one chunk of logits (engine.fused_lm_head); off, under ZeRO-3
+    (partitioned head) or for distillation (its loss reads whole logits), the micro-batch's logits count."""
     from rlhf.algos.logprobs import head_chunk_rows
 
     base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h200x1", "rollout=vllm", "algo.micro_batch_per_gpu=16")
-    fused = _actor(*base)
-    plain = _actor(*base, "engine.fused_lm_head=false")
+    fused = _actor_of(*base)
+    plain = _actor_of(*base, "engine.fused_lm_head=false")
     tokens = 16 * (typed(*base).data.prompt_max_len + typed(*base).rollout.max_new_tokens)
     rows = head_chunk_rows(151936)
     assert rows < tokens
@@ -280,12 +280,14 @@ def test_the_plan_counts_the_fused_head_where_the_rl_passes_use_it():
         tokens * 151936 * 4 - rows * 151936 * 16, rel=1e-6
     )
     z3 = ("engine.zero_stage=3",)
-    assert _actor(*base, *z3).activations_gib == pytest.approx(
-        _actor(*base, *z3, "engine.fused_lm_head=false").activations_gib
+    assert _actor_of(*base, *z3).activations_gib == pytest.approx(
+        _actor_of(*base, *z3, "engine.fused_lm_head=false").activations_gib
     )
     sft = ("algo=sft", "model=qwen2_5_0_5b", "hw=h200x1")
-    assert _actor(*sft).activations_gib == pytest.approx(_actor(*sft, "engine.fused_lm_head=false").activations_gib)
+    assert _actor_of(*sft).activations_gib < _actor_of(*sft, "engine.fused_lm_head=false").activations_gib
+    kd = ("algo=kd", "model=qwen2_5_0_5b", "hw=h200x1", "algo.teacher.name_or_path=Qwen/Qwen2.5-1.5B-Instruct")
+    assert _actor_of(*kd).activations_gib == pytest.approx(_actor_of(*kd, "engine.fused_lm_head=false").activations_gib)
 
 
-def _actor(*overrides: str):
+def _actor_of(*overrides: str):
     return next(m for m in resolve_plan(typed(*overrides)).memory if m.role == "actor")

@@ -165,3 +165,66 @@ def test_head_mode_compiles_only_on_gpus():
     assert HeadMode.of(EngineConfig(), "cuda") == HeadMode(fused=True, compiled=True)
     assert HeadMode.of(EngineConfig(), "cpu") == HeadMode(fused=True, compiled=False)
     assert HeadMode.of(EngineConfig(fused_lm_head=False), "cuda") == LOGITS
+
+
+def test_offline_objectives_give_the_same_loss_and_gradients_with_the_fused_head():
+    """SFT's loss and DPO's sequence log-probs (rlhf/training/objectives.py): with the fused head only the loss
+    mask's positions reach the head, and the loss, the sequence sums and every gradient equal the logits path's."""
+    from rlhf.training.objectives import StepCounts, _sequence_logps, sft_objective
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, VOCAB, (3, 11), generator=g)
+    attn = torch.ones_like(ids)
+    attn[2, 8:] = 0  # right padding
+    loss_mask = torch.zeros_like(ids)
+    loss_mask[0, 4:] = 1
+    loss_mask[1, 6:] = 1
+    loss_mask[2, 3:8] = 1
+    batch = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+    counts = StepCounts(tokens=float(loss_mask[:, 1:].sum()), samples=3.0)
+    runs = []
+    for head in (FUSED, LOGITS):
+        model = _lm(tie=True)
+        model.head_mode = head
+        calls: list = []
+        model.lm_head.register_forward_hook(lambda mod, inp, out, calls=calls: calls.append(out.shape))
+        loss, _ = sft_objective(model, batch, counts)
+        total, mean, n = _sequence_logps(model, batch)
+        (loss + 0.1 * total.sum() + mean.sum()).backward()
+        assert (calls == []) == (head is FUSED)
+        runs.append((loss.detach(), total.detach(), mean.detach(), n, _grads(model)))
+    (lf, tf, mf, nf, gf), (ll, tl, ml, nl, gl) = runs
+    assert torch.equal(nf, nl) and _max_diff(lf, ll) < 1e-12
+    assert _max_diff(tf, tl) < 1e-10 and _max_diff(mf, ml) < 1e-12
+    for name in gl:
+        assert _max_diff(gf[name], gl[name]) < 1e-10 * max(1.0, gl[name].abs().max().item()), name
+
+
+def test_a_failing_compile_falls_back_to_the_eager_math_with_one_warning(caplog):
+    from rlhf.algos import logprobs
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    calls = []
+
+    def eager(*args):
+        calls.append(1)
+        return logprobs._head_forward(*args)
+
+    saved = dict(logprobs._COMPILED)
+    logprobs._COMPILED.clear()
+    try:
+        fn = logprobs._or_eager(broken, eager)
+        x = torch.randn(4, 9, dtype=torch.float64)
+        y = torch.tensor([1, 2, 3, 4])
+        with caplog.at_level("WARNING"):
+            first = fn(x.clone(), y, 1.0, True)
+            second = fn(x.clone(), y, 1.0, True)
+        assert len(calls) == 2 and logprobs._COMPILED["failed"]
+        assert sum("torch.compile of the fused LM head failed" in r.message for r in caplog.records) == 1
+        want = torch.log_softmax(x, -1).gather(-1, y[:, None]).squeeze(-1)
+        assert _max_diff(first[0], want) < 1e-12 and _max_diff(second[0], want) < 1e-12
+    finally:
+        logprobs._COMPILED.clear()
+        logprobs._COMPILED.update(saved)
