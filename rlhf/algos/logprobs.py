@@ -249,10 +249,11 @@ def _head_forward(logits: torch.Tensor, labels: torch.Tensor, inv_t: float, with
     if inv_t != 1.0:
         x.mul_(inv_t)
     lse = torch.logsumexp(x, dim=-1)
+    logp = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, lse, None
     x.sub_(lse.unsqueeze(-1))  # log p (finite for finite logits)
-    logp = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    ent = -(x.exp().mul_(x)).sum(-1) if with_entropy else None
-    return logp, lse, ent
+    return logp, lse, -(x.exp().mul_(x)).sum(-1)
 
 
 def _head_backward(
@@ -316,8 +317,8 @@ def fused_head_kernels(compiled: bool):
         return _head_forward, _head_backward
     if "kernels" not in _COMPILED:
         _COMPILED["kernels"] = (
-            _or_eager(torch.compile(_head_forward, dynamic=True), _head_forward),
-            _or_eager(torch.compile(_head_backward, dynamic=True), _head_backward),
+            _or_eager(torch.compile(_head_forward), _head_forward),
+            _or_eager(torch.compile(_head_backward), _head_backward),
         )
     return _COMPILED["kernels"]
 

@@ -85,10 +85,23 @@ def overrides_for(w: Workload, out: Path, extra: list[str], model_dir: Path | No
     the built model, then the command line's (which win)."""
     args = list(w.overrides)
     if w.report == "step":
-        args.append(f"algo.max_steps={w.warmup_steps + w.measure_steps}")
+        # A one-step off-policy run's last step has no next step to generate beside its update: one more step
+        # runs, and the summary leaves it out (``summarize``).
+        extra_step = 1 if generates_ahead([*args, *extra]) else 0
+        args.append(f"algo.max_steps={w.warmup_steps + w.measure_steps + extra_step}")
     if model_dir is not None:
         args.append(f"model.name_or_path={model_dir}")
     return [*args, "tracking=none", f"output_dir={out}", *extra]
+
+
+def generates_ahead(overrides: list[str]) -> bool:
+    """Whether the overrides switch on ``algo.async_rollout`` (the last setting wins)."""
+    value = "false"
+    for o in overrides:
+        key, _, v = o.partition("=")
+        if key.lstrip("+~") == "algo.async_rollout":
+            value = v.strip().lower()
+    return value in ("true", "1", "yes")
 
 
 def read_records(path: Path) -> list[dict]:
@@ -98,7 +111,10 @@ def read_records(path: Path) -> list[dict]:
 def summarize(w: Workload, records: list[dict]) -> dict:
     """The report's body from metrics.jsonl records: per measured step, their means, start-up, evaluations."""
     steps = [r for r in records if "timing/step_s" in r]
-    measured = steps[w.warmup_steps :]
+    # The measured steps only: not a one-step off-policy run's extra last step (``overrides_for``).
+    measured = (
+        steps[w.warmup_steps : w.warmup_steps + w.measure_steps] if w.report == "step" else steps[w.warmup_steps :]
+    )
     per_step = [{"step": int(r["step"]), **{k: r[k] for k in STEP_KEYS if k in r}} for r in measured]
     keys = sorted({k for r in per_step for k in r if k != "step"})
     mean = {k: sum(r[k] for r in per_step if k in r) / max(sum(k in r for r in per_step), 1) for k in keys}

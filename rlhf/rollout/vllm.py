@@ -75,10 +75,11 @@ class ColocatedVLLM:
         self.side_stream = side_stream and options.get("device", "cuda") == "cuda"
         self._stream: Optional[Any] = None
         self._loaded: Optional[Any] = None  # CUDA event after the last weight load (side stream only)
-        # One engine call at a time: vLLM locks nothing, and with the overlap its calls come from two threads
-        # (the loop already orders them; this keeps a misordered call from corrupting the engine).
         self._stream_warned = False
-        self._lock = threading.RLock()  # generate may load weights first
+        # One engine call at a time: vLLM locks nothing, and with the overlap its calls come from two threads
+        # (the loop already orders them; this keeps a misordered call from corrupting the engine). Reentrant:
+        # generate may load weights first.
+        self._lock = threading.RLock()
         t0 = time.time()
         self.engine: Optional[Any] = VLLMEngine(model_path, **options)
         if self.side_stream:
