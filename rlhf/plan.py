@@ -936,7 +936,7 @@ def _fused_head_rows(cfg: RunConfig, spec: AlgoSpec, shape: ModelShape) -> Optio
     """Rows of logits the fused LM head holds at once where the run's passes use it (engine.fused_lm_head, a
     plain head: rlhf/training/sequences.py plain_head; the RL passes and the token log-probs of SFT, DPO and
     KTO), else None (the whole micro-batch's logits: reward models, PRM and distillation read whole logits)."""
-    from rlhf.algos.logprobs import head_chunk_rows
+    from rlhf.algos.logprobs import rows_per_chunk
     from rlhf.models.arch import PLAIN_HEAD_MODEL_TYPES
 
     e, m = cfg.engine, cfg.model
@@ -947,7 +947,7 @@ def _fused_head_rows(cfg: RunConfig, spec: AlgoSpec, shape: ModelShape) -> Optio
         and (m.model_type or "llama") in PLAIN_HEAD_MODEL_TYPES
         and "lm_head" not in (m.lora.target_modules if m.lora.rank > 0 else ())
     )
-    return head_chunk_rows(shape.vocab_size) if applies else None
+    return rows_per_chunk(shape.vocab_size, None) if applies else None
 
 
 def _role_shape(cfg: RunConfig, role: str) -> ModelShape:

@@ -323,12 +323,6 @@ def fused_head_kernels(compiled: bool):
     return _COMPILED["kernels"]
 
 
-def head_chunk_rows(vocab: int, chunk_rows: Optional[int] = None) -> int:
-    """Rows per chunk of the fused head: `chunk_rows`, else those of DEFAULT_CHUNK_ELEMENTS logits (256 MiB in
-    fp32; the eager per-chunk math holds about five such copies at once), at least 1."""
-    return rows_per_chunk(vocab, chunk_rows)
-
-
 class _HeadLogps(torch.autograd.Function):
     """(log-probs [N], entropy [N]) of softmax(hidden @ weight^T / temperature) at `labels`, by chunks of rows."""
 
@@ -415,7 +409,8 @@ def head_logps_and_entropy(
         raise ValueError(f"labels {tuple(labels.shape)} must match hidden [..., T] {tuple(hidden.shape[:-1])}")
     lead = labels.shape
     h = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
-    rows = head_chunk_rows(weight.shape[0], chunk_rows)
+    # DEFAULT_CHUNK_ELEMENTS logits per chunk (256 MiB in fp32; the eager math holds about five such copies).
+    rows = rows_per_chunk(weight.shape[0], chunk_rows)
     logp, ent = _HeadLogps.apply(
         h, weight, labels.reshape(-1).long(), float(temperature), rows, bool(with_entropy), bool(compiled)
     )

@@ -108,10 +108,10 @@ class PolicyWorker(TrainedRole):
     def _forward_logps(self, m, with_entropy: bool, entropy_grad: bool = False):
         """Log-probs, entropy and router aux loss of one micro-batch (padded or packed)."""
         from rlhf.training.packing_rl import _rows_of, packed_response_logps
-        from rlhf.training.sequences import HeadMode, response_logps
+        from rlhf.training.sequences import response_logps
 
         t = self.spec.rollout.temperature
-        head = HeadMode.of(self.spec.engine, self.plan.device)
+        head = self.engine.head_mode
         if m.packed is not None:
             return packed_response_logps(self.engine, m.packed, t, with_entropy, entropy_grad, head=head)
         b = _rows_of(m.batch)

@@ -268,13 +268,13 @@ def test_hf_generate_batch_is_chosen_to_fit_and_a_given_one_is_kept():
 def test_the_plan_counts_the_fused_head_where_the_rl_passes_use_it():
     """GRPO on Qwen2.5-0.5B: the fused head holds one chunk of logits (engine.fused_lm_head); off, under ZeRO-3
     (partitioned head) or for distillation (its loss reads whole logits), the micro-batch's logits count."""
-    from rlhf.algos.logprobs import head_chunk_rows
+    from rlhf.algos.logprobs import rows_per_chunk
 
     base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h200x1", "rollout=vllm", "algo.micro_batch_per_gpu=16")
     fused = _actor_of(*base)
     plain = _actor_of(*base, "engine.fused_lm_head=false")
     tokens = 16 * (typed(*base).data.prompt_max_len + typed(*base).rollout.max_new_tokens)
-    rows = head_chunk_rows(151936)
+    rows = rows_per_chunk(151936, None)
     assert rows < tokens
     assert (plain.activations_gib - fused.activations_gib) * 2**30 == pytest.approx(
         tokens * 151936 * 4 - rows * 151936 * 16, rel=1e-6

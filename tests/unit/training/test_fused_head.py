@@ -18,28 +18,13 @@ from rlhf.training.sequences import (
     response_logps,
     token_logps_and_entropy,
 )
-from tests.unit.training.test_packing_rl import _max_diff, _rollout
+from tests.unit.training.test_packing_rl import VOCAB, _max_diff, _model, _rollout
 
 FUSED = HeadMode(fused=True)
-VOCAB = 97
 
 
-def _lm(arch: str = "qwen2", tie: bool = False, seed: int = 0):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
-    config = cls(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").double()
+def _lm(tie: bool = False):
+    return _model("qwen2", "sdpa", tie=tie).double()
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

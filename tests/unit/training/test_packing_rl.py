@@ -96,7 +96,7 @@ def test_pack_rows_by_hand():
 # ------------------------------------------------------------------------------------------------ invariance
 
 
-def _model(arch: str, attn: str, critic: bool = False):
+def _model(arch: str, attn: str, critic: bool = False, tie: bool = False):
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, LlamaConfig, Qwen2Config
 
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
@@ -109,6 +109,7 @@ def _model(arch: str, attn: str, critic: bool = False):
         vocab_size=VOCAB,
         max_position_embeddings=128,
         num_labels=1,
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(0)
     auto = AutoModelForTokenClassification if critic else AutoModelForCausalLM
