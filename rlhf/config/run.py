@@ -69,6 +69,10 @@ class RunConfig:
     # Seconds a role's rank may go without a heartbeat (each beats every second, also in a long generate or
     # model load) before the run stops with an error naming it: a process stopped, swapping or wedged.
     stall_timeout_s: float = 300.0
+    # Profile training step N (as logged: 1 is the first) with torch's profiler in every rank of every role: each
+    # writes profile/step<N>/<role>_rank<r>.txt (operators by device and by host time) and a Chrome trace
+    # (.json.gz, chrome://tracing or ui.perfetto.dev) into the run's output directory. null: no profiling.
+    profile_step: Optional[int] = None
 
 
 # group -> {schema name: dataclass}; the names are what option files put in their defaults list.

@@ -61,6 +61,9 @@ def run_control_problems(cfg) -> list[str]:
             f"stall_timeout_s={stall} must be >= 5 seconds (ranks beat every second; default 300): set "
             "stall_timeout_s=300, or more if a call can block a rank's Python for minutes"
         )
+    profile = getattr(cfg, "profile_step", None)
+    if profile is not None and profile < 1:
+        problems.append(f"profile_step={profile} must be >= 1 (the logged step number; null: no profiling)")
     problems += optimizer_problems(a)
     if hasattr(a, "samples_per_prompt"):  # the on-policy family samples with cfg.rollout
         problems += sampling_problems(cfg.rollout, a.samples_per_prompt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rlhf.controllers.profiling import profiled_step
 from rlhf.plan import Plan
 from rlhf.types import RunResult
 
@@ -89,7 +90,8 @@ def run_offline(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tru
                 print(clock.stop_message(done, total))
                 break
             tic = time.time()
-            stats = _sum(group.run("train_step", step))
+            with profiled_step(cfg.profile_step, step + 1, roles, output_dir):
+                stats = _sum(group.run("train_step", step))
             clock.record(time.time() - tic)
             tracker.log_metrics(stats, step + 1)
             first = first or stats

@@ -34,6 +34,7 @@ from typing import Optional
 
 import torch
 
+from rlhf.controllers.profiling import profiled_step
 from rlhf.plan import Plan
 from rlhf.types import RunResult
 
@@ -131,7 +132,8 @@ def run_onpolicy(cfg, plan: Plan, tracker, output_dir: Path, progress: bool = Tr
                 else None
             )
             tic = time.time()
-            stats = loop.step(rows, step, next_rows=ahead)
+            with profiled_step(cfg.profile_step, step + 1, roles, output_dir):
+                stats = loop.step(rows, step, next_rows=ahead)
             clock.record(time.time() - tic)
             records.write(step + 1, stats)
             if step == start and total - start > 1:

@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 # Heartbeats go to Ray's key-value store (the GCS), one key per actor: the driver reads them while it waits on
 # a call (rlhf/workers/group.py), so a stopped or wedged process is told apart from a long but alive one.
@@ -136,6 +137,53 @@ class RankWorker:
     def startup_times(self) -> dict:
         """When the constructor finished (``ready_at``, Unix time) and the seconds of each start-up phase."""
         return {"ready_at": self._ready_at, **self._startup}
+
+    # ---- profiling (config key profile_step) ------------------------------------------------------------
+    def profile_start(self) -> None:
+        """Start torch's profiler in this process: host operators of every thread (a colocated engine generates
+        in its own) and, on GPUs, every kernel and copy."""
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        try:
+            extra = {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
+        except (AttributeError, TypeError):  # an older torch: the calling thread only
+            extra = {}
+        self._profiler = profile(activities=activities, **extra)
+        self._profiler.__enter__()
+
+    def profile_stop(self, directory: str, role: str) -> list[str]:
+        """Stop the profiler; write ``<role>_rank<r>.txt`` (operators by device time and by host time) and the
+        Chrome trace ``<role>_rank<r>.json.gz`` into ``directory``. Returns the paths written."""
+        import gzip
+        import shutil
+
+        import torch
+
+        prof, self._profiler = getattr(self, "_profiler", None), None
+        if prof is None:
+            return []
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        prof.__exit__(None, None, None)
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"{role}_rank{self.rank}"
+        averages = prof.key_averages()
+        sections = []
+        if torch.cuda.is_available():
+            sections.append(("device time", averages.table(sort_by="self_cuda_time_total", row_limit=60)))
+        sections.append(("host time", averages.table(sort_by="self_cpu_time_total", row_limit=60)))
+        text = "".join(f"# {role} rank {self.rank}: operators by self {what}\n{table}\n\n" for what, table in sections)
+        stem.with_suffix(".txt").write_text(text)
+        raw = stem.with_suffix(".json")
+        prof.export_chrome_trace(str(raw))
+        trace = Path(f"{raw}.gz")
+        with open(raw, "rb") as src, gzip.open(trace, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        raw.unlink()
+        return [str(stem.with_suffix(".txt")), str(trace)]
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0's address and a free port for the role's process group."""

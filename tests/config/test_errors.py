@@ -277,6 +277,7 @@ def test_optimizer_and_sampling_values_no_run_can_use_are_refused_together():
         "rollout.max_new_tokens=0",
         "rollout.temperature=0",
         "rollout.top_p=0",
+        "profile_step=0",
     )
     with pytest.raises(PlanError) as info:
         resolve_plan(run)
@@ -288,6 +289,7 @@ def test_optimizer_and_sampling_values_no_run_can_use_are_refused_together():
         "rollout.max_new_tokens=0",
         "rollout.temperature=0 decodes greedily",
         "rollout.top_p=0",
+        "profile_step=0 must be >= 1",
     ):
         assert key in text, (key, text)
     assert resolve_plan(typed("algo=reinforce_pp", "algo.lr=0", "rollout.temperature=0", "algo.samples_per_prompt=1"))

@@ -74,7 +74,9 @@ def _short(algo: str) -> list[str]:
 
 @pytest.mark.parametrize("algo", RL_ALGOS)
 def test_algorithm_trains_and_saves(tmp_path: Path, algo: str) -> None:
-    result, out = _run(tmp_path, *_short(algo))
+    # PPO (actor, critic, reference) also profiles its second step.
+    profile = ["profile_step=2"] if algo == "ppo" else []
+    result, out = _run(tmp_path, *_short(algo), *profile)
     assert result.algo == algo and result.steps == 3
     for key in ("rollout/reward_mean", "rollout/response_len_mean", "train/policy_loss", "timing/step_s"):
         assert key in result.last and math.isfinite(result.last[key]), (key, sorted(result.last))
@@ -99,6 +101,32 @@ def test_algorithm_trains_and_saves(tmp_path: Path, algo: str) -> None:
     gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] > ids["input_ids"].shape[1]
     assert (out / "config.yaml").is_file() and (out / "plan.json").is_file()
+    if profile:
+        _check_profile(out / "profile")
+
+
+def _check_profile(root: Path) -> None:
+    """Step 2 alone was profiled: every role's rank wrote its operator table and Chrome trace, the driver its
+    calls, and each holds that step's work (the policy's and critic's optimizer steps, the loop's step)."""
+    import gzip
+    import json
+
+    assert [p.name for p in root.iterdir()] == ["step2"]
+    d = root / "step2"
+    roles = ("actor", "critic", "ref")
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        ["driver.txt", *(f"{r}_rank0.{ext}" for r in roles for ext in ("txt", "json.gz"))]
+    )
+    for role in roles:
+        table = (d / f"{role}_rank0.txt").read_text()
+        assert "operators by self host time" in table and "aten::mm" in table, table[:500]
+        trace = json.loads(gzip.open(d / f"{role}_rank0.json.gz").read())
+        names = {e.get("name") for e in trace["traceEvents"]}
+        assert "aten::mm" in names
+        if role != "ref":  # the trained roles ran one optimizer step inside the profiled window
+            assert any(n and n.startswith("Optimizer.step") for n in names), role
+    driver = (d / "driver.txt").read_text()
+    assert "onpolicy.py" in driver and "(step)" in driver, driver[:800]
 
 
 def test_group_estimator_needs_several_samples(tmp_path: Path) -> None:
