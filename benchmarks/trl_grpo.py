@@ -179,7 +179,13 @@ def main(argv=None) -> int:
             out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             acc = sum(math_exact_match(texts, answers, answer=[r["answer"] for r in held_out])) / len(held_out)
-            self.evals.append({"step": step, "elapsed_s": time.time() - self.t0, "eval/accuracy": acc})
+            now = time.time()
+            # elapsed_s: from the training clock's start; since_launch_s: from the process start (less the
+            # harness's model preparation), the origin of the project's run/elapsed_s.
+            since_launch = now - T_PROCESS - prep["s"]
+            self.evals.append(
+                {"step": step, "elapsed_s": now - self.t0, "since_launch_s": since_launch, "eval/accuracy": acc}
+            )
             print(f"trl_grpo: step {step} held-out accuracy {acc:.3f} at {time.time() - self.t0:.1f}s", flush=True)
             model.train(was)
 

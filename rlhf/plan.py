@@ -8,6 +8,8 @@ in memory comes with the estimate of each usual remedy (ZeRO-3, offload, LoRA, Q
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import functools
 import json
@@ -251,7 +253,7 @@ def resolve_plan(cfg: RunConfig) -> Plan:
     roles = [replace(r, name_or_path=models.get(r.role.split(".")[0])) for r in roles]
     _fill_scale(cfg, spec, world, chosen)
     if device == "cuda":
-        _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
+        _fill_sleep_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
     else:
         _fill_cpu(cfg, world, chosen)
     _fill_generate_batch(cfg, spec, roles, world, reference, critic, dtype, chosen)
@@ -1079,8 +1081,11 @@ def _fill_token_budget(cfg: RunConfig, spec: AlgoSpec, roles, chosen: list[str])
 
 
 def _fill_cpu(cfg: RunConfig, world: int, chosen: list[str]) -> None:
-    """A CPU run has no memory budget: ZeRO-2 without offload or checkpointing, the preset's micro-batch."""
+    """A CPU run has no memory budget: ZeRO-2 without offload or checkpointing, the preset's micro-batch, and
+    engines that stay awake (CPU builds of vLLM have no sleep mode: there is nothing to free)."""
     e = cfg.engine
+    if cfg.rollout.enable_sleep is None:
+        cfg.rollout.enable_sleep = False
     for k, v in (
         ("zero_stage", 2),
         ("gradient_checkpointing", False),
@@ -1155,7 +1160,7 @@ def _micro_cap(cfg: RunConfig) -> int:
     _key, preset = _scale_defaults(cfg)
     if preset is not None and preset.micro_batch_per_gpu:
         return preset.micro_batch_per_gpu
-    return scale.MAX_MICRO
+    return scale.micro_cap(_seq_len(cfg, get_algo(cfg.algo.name)))
 
 
 def _micro_candidates(cfg: RunConfig, world: int) -> list[int]:
@@ -1350,6 +1355,86 @@ def _evaluate(cfg, spec, roles, world, reference, critic, dtype) -> tuple[bool, 
             ),
         )
     return True, peak, ""
+
+
+def _fill_sleep_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen: list[str]) -> None:
+    """rollout.enable_sleep where it is unset, with the engine setting and micro-batch (_fill_engine_and_micro).
+
+    A colocated vLLM engine that sleeps frees its weights and KV cache for training, and pays for it every step:
+    sleeping, waking (its KV cache allocated anew) and reloading its weights. The engine stays awake when the
+    training setting chosen beside a sleeping engine (ZeRO stage, offload, checkpointing, micro-batch) also fits
+    beside an awake one; with algo.async_rollout (the overlap needs an awake engine) whenever an awake engine fits
+    at all. Elsewhere there is nothing to free: separate engines own their GPUs, HF generate has no engine."""
+    ro = cfg.rollout
+    if ro.enable_sleep is not None:
+        _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
+        return
+    colocated_engine = spec.family == "onpolicy" and has_engines(ro.backend) and cfg.placement.mode != "separate"
+    if not colocated_engine:
+        ro.enable_sleep = False
+        _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
+        return
+    tried = {}
+    for sleep in (True, False):
+        trial = copy.deepcopy(cfg)
+        trial.rollout.enable_sleep = sleep
+        lines: list[str] = []
+        _fill_engine_and_micro(trial, spec, roles, world, reference, critic, dtype, lines)
+        fits = not any(line.startswith(_NONE_FITS) for line in lines)
+        tried[sleep] = (trial, lines, fits)
+    asleep, awake = tried[True], tried[False]
+
+    def setting(trial) -> tuple:
+        e = trial.engine
+        return (
+            e.zero_stage,
+            e.offload_optimizer,
+            e.offload_params,
+            e.gradient_checkpointing,
+            trial.algo.micro_batch_per_gpu,
+        )
+
+    overlap = bool(getattr(cfg.algo, "async_rollout", False))
+    if awake[2] and (overlap or not asleep[2] or setting(awake[0]) == setting(asleep[0])):
+        pick, why = (
+            awake,
+            (
+                "the overlap (algo.async_rollout) needs an awake engine, and one fits beside the training"
+                if overlap
+                else "the engine stays awake: the training setting fits beside it as it would beside a sleeping one, "
+                "so no step pays for sleeping, waking and reloading the weights"
+            ),
+        )
+    else:
+        pick, why = (
+            asleep,
+            (
+                "an awake engine does not fit beside the training"
+                if not awake[2]
+                else f"beside an awake engine the training would take {_setting_text(setting(awake[0]))} instead of "
+                f"{_setting_text(setting(asleep[0]))}"
+            ),
+        )
+    trial, lines, _fits = pick
+    for group in ("engine", "algo", "rollout"):
+        target, source = getattr(cfg, group), getattr(trial, group)
+        for f in dataclasses.fields(source):
+            setattr(target, f.name, getattr(source, f.name))
+    chosen.extend(lines)
+    chosen.append(f"rollout.enable_sleep={str(trial.rollout.enable_sleep).lower()} ({why})")
+
+
+def _setting_text(setting: tuple) -> str:
+    zero, offload_optimizer, offload_params, ckpt, micro = setting
+    name = _engine_name(
+        dict(
+            zero_stage=zero,
+            offload_optimizer=offload_optimizer,
+            offload_params=offload_params,
+            gradient_checkpointing=ckpt,
+        )
+    )
+    return f"{name} at micro-batch {micro}"
 
 
 def _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen: list[str]) -> None:

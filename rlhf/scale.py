@@ -26,8 +26,17 @@ _LR = {
 CRITIC_LR = 9e-6
 _BATCH = {"sft": 128, "rm": 128, "preference": 256, "onpolicy": 128}
 ROLLOUT_STEPS = 4
-# The largest micro-batch the planner tries: beyond 8-16 sequences a GPU is saturated and only memory grows.
+# The largest micro-batch the planner tries: beyond 8-16 sequences of the usual lengths (1-4k tokens) a GPU is
+# saturated and only memory grows. Short sequences go further, up to MICRO_TOKENS tokens a micro-batch: every
+# micro-batch pays its kernel launches and DeepSpeed's per-micro-batch work, which on small models and short
+# rollouts (128-token answers) costs more than the arithmetic.
 MAX_MICRO = 16
+MICRO_TOKENS = 16384
+
+
+def micro_cap(seq_len: int) -> int:
+    """The largest micro-batch worth trying for sequences of ``seq_len`` tokens."""
+    return max(MAX_MICRO, MICRO_TOKENS // max(seq_len, 1))
 
 
 def family(algo_name: str, onpolicy: bool) -> str:

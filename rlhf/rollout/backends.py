@@ -56,5 +56,5 @@ def overlaps_in_policy(algo, rollout, placement_mode: str) -> bool:
         and b is not None
         and b.own_weights
         and placement_mode != "separate"
-        and not rollout.enable_sleep
+        and rollout.enable_sleep is False  # None: not planned yet
     )

@@ -165,7 +165,7 @@ def test_awake_colocated_engine_overlaps_and_draws_the_sequential_batches(tmp_pa
     with the engine's weights equal to the trained model's."""
     pytest.importorskip("vllm", reason="needs the CPU build of vLLM (/work/.venv-vllm/bin/python)")
     args = [*SHORT, "rollout=vllm", "rollout.enforce_eager=true", "algo.max_steps=3", "algo.async_rollout=true"]
-    _, seq = _run(tmp_path / "seq", *args)
+    _, seq = _run(tmp_path / "seq", *args, "rollout.enable_sleep=true")
     result, lap = _run(tmp_path / "lap", *args, "rollout.enable_sleep=false")
     assert _column(lap, "rollout/staleness") == [0.0, 1.0, 1.0]
     for key in ("rollout/sample_logp_mean", "rollout/reward_mean", "rollout/response_len_mean"):

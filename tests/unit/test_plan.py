@@ -197,10 +197,15 @@ def test_async_colocated_overlap_needs_an_awake_engine():
     from rlhf.rollout.backends import overlaps_in_policy
 
     base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x1", "rollout=vllm", "algo.async_rollout=true")
-    asleep = typed(*base)
+    asleep = typed(*base, "rollout.enable_sleep=true")
     awake = typed(*base, "rollout.enable_sleep=false")
     assert not overlaps_in_policy(asleep.algo, asleep.rollout, asleep.placement.mode)
     assert overlaps_in_policy(awake.algo, awake.rollout, awake.placement.mode)
+    # Left to the planner, the overlap asked for gets the awake engine it needs.
+    auto = typed(*base)
+    assert not overlaps_in_policy(auto.algo, auto.rollout, auto.placement.mode)  # not planned yet
+    assert "rollout.enable_sleep=false (the overlap" in "\n".join(resolve_plan(auto).chosen)
+    assert overlaps_in_policy(auto.algo, auto.rollout, auto.placement.mode)
     sync = typed(*base[:-1], "rollout.enable_sleep=false")
     assert not overlaps_in_policy(sync.algo, sync.rollout, sync.placement.mode)
     hf = typed(*base[:-2], "rollout=hf", "algo.async_rollout=true", "rollout.enable_sleep=false")
