@@ -215,6 +215,52 @@ def test_async_colocated_overlap_needs_an_awake_engine():
     assert not [m.role for m in resolve_plan(asleep).memory if "rollout" in m.role and "+" in m.role]
 
 
+def test_short_sequences_get_micro_batches_of_up_to_16k_tokens():
+    """16 rows is the cap at the usual lengths; 192-token rows go up to 16384 // 192 = 85 (64 divides the batch)."""
+    from rlhf import scale
+
+    base = ("algo=grpo", "model=qwen2_5_0_5b", "hw=h200x1", "rollout=vllm", "algo.train_batch_samples=256")
+    short = typed(*base, "rollout.max_new_tokens=128", "data.prompt_max_len=64")
+    plan = resolve_plan(short)
+    assert plan.seq_len == 192 and scale.micro_cap(192) == 85
+    assert plan.micro_batch_per_gpu == 64, plan.chosen
+    assert any("algo.micro_batch_per_gpu=64 (the largest up to 85" in c for c in plan.chosen), plan.chosen
+    long = typed(*base, "rollout.max_new_tokens=1024", "data.prompt_max_len=1024")
+    assert resolve_plan(long).micro_batch_per_gpu <= scale.MAX_MICRO == scale.micro_cap(2048)
+
+
+def test_colocated_engine_sleeps_only_where_the_training_needs_its_memory():
+    """rollout.enable_sleep left unset: an engine beside a small model stays awake (no sleep, wake and reload per
+    step) and the plan holds both in one pool; beside Llama-3-8B on A100s the awake engine would cost the
+    training its setting, so it sleeps and the plan says what staying awake would have cost. Set values stay."""
+    base = ("algo=grpo", "rollout=vllm")
+    small = typed(*base, "model=qwen2_5_0_5b", "hw=h100x1")
+    plan = resolve_plan(small)
+    assert small.rollout.enable_sleep is False
+    assert any(c.startswith("rollout.enable_sleep=false (the engine stays awake") for c in plan.chosen)
+    assert [m.role for m in plan.memory if "rollout" in m.role and "+" in m.role]
+    pool = next(m for m in plan.memory if "rollout" in m.role and "+" in m.role)
+    assert pool.total_gib <= small.hw.gpu_memory_gb
+
+    big = typed(*base, "model=llama3_8b", "hw=a100x8")
+    plan = resolve_plan(big)
+    assert big.rollout.enable_sleep is True
+    line = next(c for c in plan.chosen if c.startswith("rollout.enable_sleep="))
+    assert line.startswith("rollout.enable_sleep=true (beside an awake engine the training would take"), line
+    assert "instead of zero2 at micro-batch 16" in line, line
+    assert big.engine.zero_stage == 2 and big.algo.micro_batch_per_gpu == 16  # the sleeping engine's setting
+    assert not [m.role for m in plan.memory if "rollout" in m.role and "+" in m.role]
+
+    kept = typed(*base, "model=qwen2_5_0_5b", "hw=h100x1", "rollout.enable_sleep=true")
+    plan = resolve_plan(kept)
+    assert kept.rollout.enable_sleep is True and not any("enable_sleep" in c for c in plan.chosen)
+    # Nothing to free: HF generate has no engine, separate engines own their GPUs.
+    for other in (("rollout=hf",), ("rollout=vllm", "placement=separate")):
+        run = typed("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x8", *other)
+        plan = resolve_plan(run)
+        assert run.rollout.enable_sleep is False and not any("enable_sleep" in c for c in plan.chosen), other
+
+
 def test_hf_rollout_memory_counts_the_kept_logits_and_kv_cache():
     """rollout=hf generates inside the policy ranks between training passes: a long generation with a large
     vocabulary makes the actor's transient the generation's (hand count below), not the training pass's."""
