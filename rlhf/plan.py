@@ -1360,11 +1360,10 @@ def _evaluate(cfg, spec, roles, world, reference, critic, dtype) -> tuple[bool, 
 def _fill_sleep_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen: list[str]) -> None:
     """rollout.enable_sleep where it is unset, with the engine setting and micro-batch (_fill_engine_and_micro).
 
-    A colocated vLLM engine that sleeps frees its weights and KV cache for training, and pays for it every step:
-    sleeping, waking (its KV cache allocated anew) and reloading its weights. The engine stays awake when the
-    training setting chosen beside a sleeping engine (ZeRO stage, offload, checkpointing, micro-batch) also fits
-    beside an awake one; with algo.async_rollout (the overlap needs an awake engine) whenever an awake engine fits
-    at all. Elsewhere there is nothing to free: separate engines own their GPUs, HF generate has no engine."""
+    A colocated vLLM engine sleeps while the policy trains (its weights and KV cache freed for the training),
+    and says whether staying awake (no sleep, wake and weight reload per step) would keep the training setting.
+    With algo.async_rollout it stays awake whenever an awake engine fits: the overlap needs one. Elsewhere there
+    is nothing to free: separate engines own their GPUs, HF generate has no engine."""
     ro = cfg.rollout
     if ro.enable_sleep is not None:
         _fill_engine_and_micro(cfg, spec, roles, world, reference, critic, dtype, chosen)
@@ -1394,25 +1393,36 @@ def _fill_sleep_engine_and_micro(cfg, spec, roles, world, reference, critic, dty
             trial.algo.micro_batch_per_gpu,
         )
 
-    overlap = bool(getattr(cfg.algo, "async_rollout", False))
-    if awake[2] and (overlap or not asleep[2] or setting(awake[0]) == setting(asleep[0])):
+    same = awake[2] and asleep[2] and setting(awake[0]) == setting(asleep[0])
+    if getattr(cfg.algo, "async_rollout", False) and awake[2]:
+        pick, why = awake, "the overlap of algo.async_rollout needs an awake engine, and one fits beside the training"
+    elif getattr(cfg.algo, "async_rollout", False):
         pick, why = (
-            awake,
+            asleep,
             (
-                "the overlap (algo.async_rollout) needs an awake engine, and one fits beside the training"
-                if overlap
-                else "the engine stays awake: the training setting fits beside it as it would beside a sleeping one, "
-                "so no step pays for sleeping, waking and reloading the weights"
+                "an awake engine does not fit beside the training, so generation and training take turns despite "
+                "algo.async_rollout"
+            ),
+        )
+    elif same:
+        pick, why = (
+            asleep,
+            (
+                "it frees its memory while the policy trains; rollout.enable_sleep=false would keep it awake with the "
+                "same training setting and save the sleep, wake and weight reload of every step"
             ),
         )
     else:
         pick, why = (
             asleep,
             (
-                "an awake engine does not fit beside the training"
-                if not awake[2]
-                else f"beside an awake engine the training would take {_setting_text(setting(awake[0]))} instead of "
-                f"{_setting_text(setting(asleep[0]))}"
+                "it frees its memory while the policy trains; "
+                + (
+                    f"beside an awake engine the training would take {_setting_text(setting(awake[0]))} instead of "
+                    f"{_setting_text(setting(asleep[0]))}"
+                    if awake[2]
+                    else "an awake engine would not fit beside the training"
+                )
             ),
         )
     trial, lines, _fits = pick

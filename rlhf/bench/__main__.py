@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=os.environ.get("OUT") or "benchmarks/results")
     parser.add_argument("--work-dir", default="/tmp/rlhf-bench/runs")
     parser.add_argument("--target", type=float, default=None, help="accuracy workloads: time to reach it")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds each run may take; a run stopped by it (or by SIGTERM) still reports its recorded steps",
+    )
     args, extra = parser.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]
     if args.list or not args.workloads:
@@ -50,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in workloads:
         if w.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit(f"workload {w.name} needs a GPU (conf/bench/{w.name}.yaml device: cuda); try `tiny`")
-        report = run_workload(w, Path(args.work_dir), extra, target=args.target)
+        report = run_workload(w, Path(args.work_dir), extra, target=args.target, time_limit_s=args.time_limit)
         tag = re.sub(r"[^a-z0-9]+", "_", report["device"].lower()).strip("_")
         path = results / f"{w.name}-{tag}.json"
         path.write_text(json.dumps(report, indent=2))

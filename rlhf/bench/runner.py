@@ -8,12 +8,15 @@ means, the start-up breakdown, peak memory per role (torch's counters, from the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from rlhf.bench.workloads import Workload
 
@@ -46,6 +49,35 @@ STEP_KEYS = (
     "rollout/response_len_mean",
     "rollout/reward_mean",
 )
+
+
+class BenchInterrupted(Exception):
+    """The run was stopped from outside (SIGTERM, e.g. `timeout`) or ran past the harness's --time-limit."""
+
+
+@contextlib.contextmanager
+def interruptible(limit_s: float | None) -> Iterator[None]:
+    """SIGTERM, and SIGALRM after ``limit_s`` seconds, raise BenchInterrupted in the main thread: the run's own
+    cleanup (its roles and engines shut down) runs, and the harness still reports the steps recorded so far.
+    Outside the main thread (no signal handlers there) the block runs unguarded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        why = f"--time-limit={limit_s:g}s reached" if signum == signal.SIGALRM else "stopped by SIGTERM"
+        raise BenchInterrupted(why)
+
+    old_term = signal.signal(signal.SIGTERM, stop)
+    old_alarm = signal.signal(signal.SIGALRM, stop)
+    if limit_s:
+        signal.setitimer(signal.ITIMER_REAL, limit_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGTERM, old_term)
 
 
 class GpuMemoryPoller:
@@ -108,9 +140,13 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def steps_recorded(records: list[dict]) -> list[dict]:
+    return [r for r in records if "timing/step_s" in r]
+
+
 def summarize(w: Workload, records: list[dict]) -> dict:
     """The report's body from metrics.jsonl records: per measured step, their means, start-up, evaluations."""
-    steps = [r for r in records if "timing/step_s" in r]
+    steps = steps_recorded(records)
     # The measured steps only: not a one-step off-policy run's extra last step (``overrides_for``).
     measured = (
         steps[w.warmup_steps : w.warmup_steps + w.measure_steps] if w.report == "step" else steps[w.warmup_steps :]
@@ -169,8 +205,11 @@ def offline_estimate(cfg, plan, last: dict) -> dict:
     return out
 
 
-def run_workload(w: Workload, work: Path, extra: list[str], target: float | None = None) -> dict:
-    """One workload end to end; returns its report (JSON-ready)."""
+def run_workload(
+    w: Workload, work: Path, extra: list[str], target: float | None = None, time_limit_s: float | None = None
+) -> dict:
+    """One workload end to end; returns its report (JSON-ready). A run stopped by SIGTERM or ``time_limit_s``
+    (seconds from the run's start) still reports what it recorded, with ``interrupted`` saying why."""
     import dataclasses
 
     import ray
@@ -195,10 +234,18 @@ def run_workload(w: Workload, work: Path, extra: list[str], target: float | None
     # Building the model folder and the harness's own compose and plan are not part of a run's start-up: a
     # user's `python -m rlhf.run` starts from a model folder that exists.
     prep_s = t0 - t_prep
+    result, interrupted = None, None
     with GpuMemoryPoller() as poller:
-        result = execute(dcfg, progress=False)
+        try:
+            with interruptible(time_limit_s):
+                result = execute(dcfg, progress=False)
+        except BenchInterrupted as e:
+            interrupted = str(e)
+            print(f"== {w.name}: {interrupted}; reporting the steps recorded so far", flush=True)
     wall = time.time() - t0
+    records = read_records(out / "metrics.jsonl")
     ray.shutdown()  # the next workload starts its own roles on a free GPU
+    final = result.eval if result is not None else {}
     report = {
         "workload": w.name,
         "description": w.description,
@@ -208,15 +255,17 @@ def run_workload(w: Workload, work: Path, extra: list[str], target: float | None
         "gpus": plan.total_gpus,
         "peak_tflops": cfg.hw.peak_tflops,
         "wall_s": wall,
-        "steps_run": result.steps,
-        **summarize(w, read_records(out / "metrics.jsonl")),
-        "memory": {k: v for k, v in result.eval.items() if k.startswith("memory/")},
-        "check": {k: v for k, v in result.eval.items() if k.startswith("check/")},
-        "final_eval": {k: v for k, v in result.eval.items() if k.startswith("eval/")},
+        "steps_run": result.steps if result is not None else len(steps_recorded(records)),
+        **summarize(w, records),
+        "memory": {k: v for k, v in final.items() if k.startswith("memory/")},
+        "check": {k: v for k, v in final.items() if k.startswith("check/")},
+        "final_eval": {k: v for k, v in final.items() if k.startswith("eval/")},
     }
+    if interrupted:
+        report["interrupted"] = interrupted
     report["memory"]["memory/nvidia_smi_peak_gib"] = poller.peak_mib / 1024
     report["startup"] = without_prep(report.get("startup") or {}, prep_s)
-    if not report["steps"]:
+    if not report["steps"] and result is not None:
         report["mean"] = offline_estimate(cfg, plan, result.last)
     if w.report == "accuracy" and target is not None:
         report["time_to_accuracy_s"] = time_to_accuracy(report["evals"], target)
@@ -266,7 +315,8 @@ def table(report: dict) -> str:
     present = [(c, k) for c, k in cols if k in m]
     lines = [
         f"{report['workload']} on {report['device']}: {report['measured_steps']} measured step(s) after "
-        f"{report['warmup_steps']} warm-up, wall {report['wall_s']:.1f}s",
+        f"{report['warmup_steps']} warm-up, wall {report['wall_s']:.1f}s"
+        + (f" (interrupted: {report['interrupted']})" if report.get("interrupted") else ""),
         "  " + " ".join(f"{c:>10}" for c, _ in present),
         "  " + " ".join(f"{m[k]:>10.4g}" for _, k in present),
     ]

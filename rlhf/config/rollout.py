@@ -24,8 +24,9 @@ class RolloutConfig:
     num_engines: Optional[int] = None
     tensor_parallel_size: Optional[int] = None
     gpu_memory_utilization: Optional[float] = None
-    # Free the engine's weights and KV cache while training runs on the same GPUs. None: the planner's choice
-    # (colocated vLLM stays awake when the training fits beside it unchanged; rlhf/plan.py _fill_sleep_engine_and_micro).
+    # Free the engine's weights and KV cache while training runs on the same GPUs. None: the planner's choice (a
+    # colocated vLLM engine sleeps, and stays awake for algo.async_rollout where it fits; the plan says whether
+    # staying awake would keep the training setting: rlhf/plan.py _fill_sleep_engine_and_micro).
     enable_sleep: Optional[bool] = None
     # 1 keeps a host copy of the weights while asleep; 2 drops them (each update replaces them anyway).
     sleep_level: int = 2

@@ -46,7 +46,7 @@ def ensure_ray(
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
+        _init_keeping_sigterm(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
         return
     cpus = num_cpus or max(8, (os.cpu_count() or 2) * 4)
     # Whatever this local cluster starts is killed when this process ends, even by kill -9 (rlhf/launch/reaper.py).
@@ -57,7 +57,7 @@ def ensure_ray(
         _reaper.close()
     _reaper = start_reaper()
     before = children()
-    ray.init(
+    _init_keeping_sigterm(
         num_cpus=cpus,
         num_gpus=num_gpus,
         namespace=namespace,
@@ -70,6 +70,22 @@ def ensure_ray(
     )
     if _reaper is not None:
         _reaper.watch(children() - before - {_reaper.proc.pid})
+
+
+def _init_keeping_sigterm(**kwargs) -> None:
+    """ray.init, then the SIGTERM handler this program had installed in Python, if any: Ray's failure-signal
+    handler replaces it at the C level (it prints a stack and exits), and a harness that reports on SIGTERM
+    (rlhf/bench/runner.py interruptible) would lose its report."""
+    import signal
+    import threading
+
+    import ray
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(**kwargs)
+    if callable(handler):
+        signal.signal(signal.SIGTERM, handler)
 
 
 def shutdown_ray() -> None:

@@ -204,7 +204,7 @@ def test_async_colocated_overlap_needs_an_awake_engine():
     # Left to the planner, the overlap asked for gets the awake engine it needs.
     auto = typed(*base)
     assert not overlaps_in_policy(auto.algo, auto.rollout, auto.placement.mode)  # not planned yet
-    assert "rollout.enable_sleep=false (the overlap" in "\n".join(resolve_plan(auto).chosen)
+    assert "rollout.enable_sleep=false (the overlap of algo.async_rollout" in "\n".join(resolve_plan(auto).chosen)
     assert overlaps_in_policy(auto.algo, auto.rollout, auto.placement.mode)
     sync = typed(*base[:-1], "rollout.enable_sleep=false")
     assert not overlaps_in_policy(sync.algo, sync.rollout, sync.placement.mode)
@@ -229,31 +229,31 @@ def test_short_sequences_get_micro_batches_of_up_to_16k_tokens():
     assert resolve_plan(long).micro_batch_per_gpu <= scale.MAX_MICRO == scale.micro_cap(2048)
 
 
-def test_colocated_engine_sleeps_only_where_the_training_needs_its_memory():
-    """rollout.enable_sleep left unset: an engine beside a small model stays awake (no sleep, wake and reload per
-    step) and the plan holds both in one pool; beside Llama-3-8B on A100s the awake engine would cost the
-    training its setting, so it sleeps and the plan says what staying awake would have cost. Set values stay."""
+def test_colocated_engine_sleeps_and_the_plan_says_what_staying_awake_would_cost():
+    """rollout.enable_sleep left unset: a colocated engine sleeps while the policy trains. Beside a 0.5B model the
+    plan says an awake engine would keep the training setting; beside Llama-3-8B on A100s it names what the
+    training would give up. Set values stay; without a colocated engine there is nothing to free."""
     base = ("algo=grpo", "rollout=vllm")
     small = typed(*base, "model=qwen2_5_0_5b", "hw=h100x1")
     plan = resolve_plan(small)
-    assert small.rollout.enable_sleep is False
-    assert any(c.startswith("rollout.enable_sleep=false (the engine stays awake") for c in plan.chosen)
-    assert [m.role for m in plan.memory if "rollout" in m.role and "+" in m.role]
-    pool = next(m for m in plan.memory if "rollout" in m.role and "+" in m.role)
-    assert pool.total_gib <= small.hw.gpu_memory_gb
+    assert small.rollout.enable_sleep is True
+    line = next(c for c in plan.chosen if c.startswith("rollout.enable_sleep="))
+    assert "rollout.enable_sleep=false would keep it awake with the same training setting" in line, line
+    assert not [m.role for m in plan.memory if "rollout" in m.role and "+" in m.role]  # planned apart
 
     big = typed(*base, "model=llama3_8b", "hw=a100x8")
     plan = resolve_plan(big)
     assert big.rollout.enable_sleep is True
     line = next(c for c in plan.chosen if c.startswith("rollout.enable_sleep="))
-    assert line.startswith("rollout.enable_sleep=true (beside an awake engine the training would take"), line
+    assert "beside an awake engine the training would take" in line, line
     assert "instead of zero2 at micro-batch 16" in line, line
     assert big.engine.zero_stage == 2 and big.algo.micro_batch_per_gpu == 16  # the sleeping engine's setting
-    assert not [m.role for m in plan.memory if "rollout" in m.role and "+" in m.role]
 
-    kept = typed(*base, "model=qwen2_5_0_5b", "hw=h100x1", "rollout.enable_sleep=true")
-    plan = resolve_plan(kept)
-    assert kept.rollout.enable_sleep is True and not any("enable_sleep" in c for c in plan.chosen)
+    awake = typed(*base, "model=qwen2_5_0_5b", "hw=h100x1", "rollout.enable_sleep=false")
+    plan = resolve_plan(awake)
+    assert awake.rollout.enable_sleep is False and not any("enable_sleep" in c for c in plan.chosen)
+    pool = next(m for m in plan.memory if "rollout" in m.role and "+" in m.role)  # the engine beside the training
+    assert pool.total_gib <= awake.hw.gpu_memory_gb
     # Nothing to free: HF generate has no engine, separate engines own their GPUs.
     for other in (("rollout=hf",), ("rollout=vllm", "placement=separate")):
         run = typed("algo=grpo", "model=qwen2_5_0_5b", "hw=h100x8", *other)

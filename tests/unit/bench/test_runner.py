@@ -27,3 +27,30 @@ def test_the_summary_keeps_the_measured_steps_only():
     got = summarize(w, records)
     assert [s["step"] for s in got["steps"]] == [2, 3] and got["mean"]["timing/step_s"] == 25.0
     assert got["measured_steps"] == 2
+
+
+def test_interruptible_turns_the_time_limit_and_sigterm_into_an_exception_and_restores_the_handlers():
+    import os
+    import signal
+    import time
+
+    from rlhf.bench.runner import BenchInterrupted, interruptible
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+    tic = time.monotonic()
+    try:
+        with interruptible(0.3):
+            time.sleep(10)
+        raise AssertionError("the time limit did not stop the block")
+    except BenchInterrupted as e:
+        assert "--time-limit=0.3s reached" in str(e)
+    assert time.monotonic() - tic < 5
+    try:
+        with interruptible(None):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        raise AssertionError("SIGTERM did not stop the block")
+    except BenchInterrupted as e:
+        assert "SIGTERM" in str(e)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
