@@ -18,6 +18,8 @@ class RewardSourceConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     # Remote servers and reward models score this many responses per request/forward.
     batch_size: int = 64
+    # Remote servers: seconds per request. Functions (run in the driver): a warning every timeout_s seconds one
+    # call lasts, naming the function and the line it is on.
     timeout_s: float = 30.0
     max_retries: int = 3
 

@@ -54,12 +54,41 @@ _LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _LATEX_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "^\\circ", "^{\\circ}", "\\%", "\\$", "$")
 
 
+# Exact values only within these bounds: "1e4322363" as a Fraction is a 4.3-million-digit integer (a minute of
+# big-integer arithmetic per response, and sampled text does write such numbers), and Python refuses to parse
+# integers of over 4300 digits. Numbers beyond them stand as +-10**MAX_EXPONENT (or 10**-MAX_EXPONENT for tiny
+# ones): no realistic reference answer is that large, so they compare unequal and far, as they should.
+MAX_EXPONENT = 400
+MAX_DIGITS = 1000
+
+
+def _decimal(text: str) -> Fraction:
+    """Value of an unsigned decimal such as "1234.5", ".5" or "1e-3" (no separators, no '/'), bounded."""
+    mantissa, _, exponent = text.lower().partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    if not digits:
+        return Fraction(0)  # "0e99999999" included
+    exp = 0
+    if exponent:
+        magnitude = exponent.lstrip("+-")
+        exp = int(magnitude) if len(magnitude) <= 6 else 10**7
+        exp = -exp if exponent.startswith("-") else exp
+    whole = whole.lstrip("0")
+    # The decimal order of magnitude: the integer part's digits, else minus the zeros after the point.
+    order = exp + (len(whole) if whole else -(len(fraction) - len(fraction.lstrip("0"))))
+    if len(digits) > MAX_DIGITS or abs(order) > MAX_EXPONENT:
+        return Fraction(10) ** (MAX_EXPONENT if order > 0 else -MAX_EXPONENT)
+    value = Fraction(f"{whole or 0}.{fraction or 0}")
+    return value * Fraction(10) ** exp if exp else value
+
+
 def _to_fraction(token: str) -> Fraction | None:
     """Value of an unsigned number token such as "1,234.5" or "3/4"; None for a zero denominator."""
     num, _, den = token.replace(",", "").partition("/")
-    value = Fraction(num)
+    value = _decimal(num)
     if den:
-        denominator = Fraction(den)
+        denominator = _decimal(den)
         if denominator == 0:
             return None
         value /= denominator
@@ -227,9 +256,12 @@ def numeric_closeness(
     rewards = []
     for i, (response, reference) in enumerate(zip(responses, answer, strict=True)):
         predicted = extract_answer(response)
-        rewards.append(
-            0.0 if predicted is None else 1.0 / (1.0 + abs(float(predicted - _reference_value(reference, i))))
-        )
+        if predicted is None:
+            rewards.append(0.0)
+            continue
+        distance = abs(predicted - _reference_value(reference, i))
+        # Distances beyond a float's range (a bounded huge number, MAX_EXPONENT) earn nothing.
+        rewards.append(1.0 / (1.0 + float(distance)) if distance < 10**300 else 0.0)
     return rewards
 
 

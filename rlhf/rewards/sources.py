@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+import time
 from typing import Callable
 
 import torch
 
 from rlhf.config.reward import RewardConfig
 from rlhf.rewards.combine import combine_rewards
+
+log = logging.getLogger(__name__)
 
 
 class RewardSources:
@@ -25,7 +31,8 @@ class RewardSources:
         self.sources: dict[str, Callable] = {}
         for name, src in cfg.sources.items():
             if src.kind == "function":
-                self.sources[name] = load_reward_function(src.path, **dict(src.kwargs))
+                fn = load_reward_function(src.path, **dict(src.kwargs))
+                self.sources[name] = _Watched(fn, f"reward.sources.{name} ({src.path})", src.timeout_s)
             elif src.kind == "remote":
                 self.sources[name] = RemoteReward(
                     src.url,
@@ -60,3 +67,43 @@ class _ModelSource:
 
     def __call__(self, prompts, responses, fields):
         return self.scorer([p + r for p, r in zip(prompts, responses)])
+
+
+class _Watched:
+    """A reward function run in the driver, with a warning every ``notice_s`` seconds while one call lasts: it
+    names the function, the batch and the line it is on. A function in this process cannot be stopped safely,
+    but a slow one (a regular expression backtracking, big-number arithmetic on a pathological response) is
+    found at once instead of looking like a hung run."""
+
+    def __init__(self, fn: Callable, name: str, notice_s: float):
+        self.fn, self.name, self.notice_s = fn, name, notice_s
+
+    def __call__(self, prompts, responses, fields):
+        caller, done, started = threading.get_ident(), threading.Event(), time.monotonic()
+
+        def watch() -> None:
+            while not done.wait(self.notice_s):
+                frame = sys._current_frames().get(caller)
+                where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else "?"
+                log.warning(
+                    "%s has run %.0fs on a batch of %d responses and is still running, at %s; the longest response "
+                    "has %d characters",
+                    self.name,
+                    time.monotonic() - started,
+                    len(responses),
+                    where,
+                    max((len(r) for r in responses), default=0),
+                )
+
+        watcher = threading.Thread(target=watch, name="rlhf-reward-watch", daemon=True)
+        watcher.start()
+        try:
+            return self.fn(prompts, responses, fields)
+        finally:
+            done.set()
+            watcher.join()
+
+    def close(self) -> None:
+        close = getattr(self.fn, "close", None)
+        if close:
+            close()

@@ -54,6 +54,11 @@ def test_extract_answer(text, expected):
         ("3/4", Fraction(3, 4)),
         ("-\\frac{1}{2}", Fraction(-1, 2)),
         ("7.", Fraction(7)),
+        (".5", Fraction(1, 2)),
+        ("1.5E2", Fraction(150)),
+        ("2.5e-3", Fraction(1, 400)),
+        ("0.001", Fraction(1, 1000)),
+        ("0e99999999", Fraction(0)),
         ("4 5", None),
         ("abc", None),
         ("", None),
@@ -128,3 +133,25 @@ def test_think_answer_format():
     ]
     assert think_answer_format([""] * 6, responses) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     assert think_answer_format.__name__ == "think_answer_format"
+
+
+def test_numbers_beyond_the_bounds_are_cheap_and_stand_for_huge_or_tiny():
+    """Sampled text writes numbers like "1E4322363": exactly, a 4.3-million-digit integer (over a minute of
+    big-integer arithmetic for one response, measured), and Python refuses integers of over 4300 digits. Past
+    the bounds a number stands as +-10**MAX_EXPONENT or 10**-MAX_EXPONENT: unequal to any real answer."""
+    import time
+
+    from rlhf.rewards.functions import MAX_EXPONENT, numeric_closeness
+
+    huge, tiny = Fraction(10) ** MAX_EXPONENT, Fraction(1, 10**MAX_EXPONENT)
+    assert parse_number("1e4322363") == huge and parse_number("-9.5E99999999999") == -huge
+    assert parse_number("3e-4322363") == tiny and parse_number("1" * 5000) == huge
+    assert parse_number("1e400") == huge and parse_number("1e399") == Fraction(10) ** 399  # exact below the bound
+    assert parse_number("1e4322363/1e4322363") == 1  # a bounded quotient, not an error
+    # The response of the measured minute: answers are found and scored in milliseconds.
+    response = "+9250EE E-850/.9/1117/21e-63805-12084 5677E01 -,421117e80-83E42.,+6E6E+9+755.239 E4322363 1e4322363"
+    tic = time.monotonic()
+    assert math_exact_match([""], [response], answer=["0"]) == [0.0]
+    assert numeric_closeness([""], [response], answer=["0"]) == [0.0]  # too far for a float: no credit
+    assert numeric_closeness([""], ["1e250"], answer=["0"])[0] == pytest.approx(1e-250)
+    assert time.monotonic() - tic < 1.0
