@@ -1394,37 +1394,27 @@ def _fill_sleep_engine_and_micro(cfg, spec, roles, world, reference, critic, dty
         )
 
     same = awake[2] and asleep[2] and setting(awake[0]) == setting(asleep[0])
-    if getattr(cfg.algo, "async_rollout", False) and awake[2]:
+    overlap = bool(getattr(cfg.algo, "async_rollout", False))
+    frees = "it frees its memory while the policy trains; "
+    if overlap and awake[2]:
         pick, why = awake, "the overlap of algo.async_rollout needs an awake engine, and one fits beside the training"
-    elif getattr(cfg.algo, "async_rollout", False):
-        pick, why = (
-            asleep,
-            (
-                "an awake engine does not fit beside the training, so generation and training take turns despite "
-                "algo.async_rollout"
-            ),
-        )
+    elif overlap:
+        pick = asleep
+        why = "an awake engine does not fit beside the training: generation and training take turns"
     elif same:
-        pick, why = (
-            asleep,
-            (
-                "it frees its memory while the policy trains; rollout.enable_sleep=false would keep it awake with the "
-                "same training setting and save the sleep, wake and weight reload of every step"
-            ),
+        pick = asleep
+        why = frees + (
+            "rollout.enable_sleep=false would keep it awake with the same training setting and save the sleep, "
+            "wake and weight reload of every step"
+        )
+    elif awake[2]:
+        pick = asleep
+        why = frees + (
+            f"beside an awake engine the training would take {_setting_text(setting(awake[0]))} instead of "
+            f"{_setting_text(setting(asleep[0]))}"
         )
     else:
-        pick, why = (
-            asleep,
-            (
-                "it frees its memory while the policy trains; "
-                + (
-                    f"beside an awake engine the training would take {_setting_text(setting(awake[0]))} instead of "
-                    f"{_setting_text(setting(asleep[0]))}"
-                    if awake[2]
-                    else "an awake engine would not fit beside the training"
-                )
-            ),
-        )
+        pick, why = asleep, frees + "an awake engine would not fit beside the training"
     trial, lines, _fits = pick
     for group in ("engine", "algo", "rollout"):
         target, source = getattr(cfg, group), getattr(trial, group)
