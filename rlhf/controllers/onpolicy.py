@@ -306,7 +306,12 @@ def _peak_memory(roles: dict) -> dict:
 
     out = {}
     for name, g in roles.items():
-        peaks = ray.get([a.__ray_call__.remote(_cuda_peak_gib) for a in g.actors])
+        # A figure, not a result: a rank that does not answer within a minute costs the run its number only.
+        try:
+            peaks = ray.get([a.__ray_call__.remote(_cuda_peak_gib) for a in g.actors], timeout=60)
+        except ray.exceptions.GetTimeoutError:
+            print(f"memory: role {name} did not report its peak within 60 s; left out")
+            continue
         out[f"memory/{name}_peak_alloc_gib"] = max(peaks)
     return out
 
