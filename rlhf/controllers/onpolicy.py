@@ -299,6 +299,10 @@ def role_startup(roles: dict) -> dict:
     return out
 
 
+# Seconds the end-of-run memory figures wait for each role's ranks (a busy or wedged rank costs only the figure).
+PEAK_MEMORY_WAIT_S = 60.0
+
+
 def _peak_memory(roles: dict) -> dict:
     """Peak torch-allocated GPU memory of each role's processes (the largest rank), GiB. vLLM's own pool
     (sleep-mode allocator) may sit outside torch's counters: compare with nvidia-smi."""
@@ -306,11 +310,10 @@ def _peak_memory(roles: dict) -> dict:
 
     out = {}
     for name, g in roles.items():
-        # A figure, not a result: a rank that does not answer within a minute costs the run its number only.
         try:
-            peaks = ray.get([a.__ray_call__.remote(_cuda_peak_gib) for a in g.actors], timeout=60)
+            peaks = ray.get([a.__ray_call__.remote(_cuda_peak_gib) for a in g.actors], timeout=PEAK_MEMORY_WAIT_S)
         except ray.exceptions.GetTimeoutError:
-            print(f"memory: role {name} did not report its peak within 60 s; left out")
+            print(f"memory: role {name} did not report its peak within {PEAK_MEMORY_WAIT_S:g} s; left out")
             continue
         out[f"memory/{name}_peak_alloc_gib"] = max(peaks)
     return out

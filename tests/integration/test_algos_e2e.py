@@ -50,8 +50,10 @@ def test_kto_step_through_the_trainer_does_not_depend_on_micro_batching(tmp_path
         if worker is not None:
             worker.close()
     (s4, g4, _), (s1, g1, _) = out[4], out[1]
-    assert s4["train/kl_ref"] == pytest.approx(s1["train/kl_ref"], rel=1e-5)
-    assert s1["train/loss"] == pytest.approx(s4["train/loss"], rel=1e-5)
+    # Equal up to fp32 sums taken in another order (1.2e-5 relative apart with the packages of 2026-12-08); the
+    # per-micro-batch reference point of the old objective moved them by far more.
+    assert s4["train/kl_ref"] == pytest.approx(s1["train/kl_ref"], rel=1e-4)
+    assert s1["train/loss"] == pytest.approx(s4["train/loss"], rel=1e-4)
     for a, b in zip(g1, g4):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
@@ -95,7 +97,20 @@ def test_kd_student_moves_towards_the_teacher(tmp_path, mlflow_uri):
     rid = run_id(result.model_dir)
     kd = metric_history(mlflow_uri, rid, "train/kd_loss")
     assert len(kd) == 4 and kd[4] < 0.9 * kd[1], kd
-    assert result.eval["eval/kd_loss"] < kd[1]
+    assert result.eval["eval/kd_loss"] > 0
+    # Held out: the same four steps lower the student's KD loss on the evaluation rows (the first step's
+    # training loss, of other rows, is no yardstick for it).
+    worker = local_worker(
+        tmp_path / "local", "algo=kd", "algo.max_steps=4", "algo.train_batch_samples=8", *SMALL_DATA["sft"]
+    )
+    try:
+        before = worker.evaluate()["eval/kd_loss"]
+        for step in range(4):
+            worker.train_step(step)
+        after = worker.evaluate()["eval/kd_loss"]
+    finally:
+        worker.close()
+    assert after < before, (before, after)
     from rlhf.models.loading import resolve_path
 
     start = weights(resolve_path("tiny:llama"))  # the student is model=tiny, the teacher tiny:llama_chat

@@ -298,3 +298,23 @@ def test_role_startup_takes_the_slowest_rank_of_each_phase(one_logical_gpu) -> N
     assert 0.9 <= out["startup/actor.model_s"] < 1.5
     assert 0.8 <= out["startup/actor.init_s"] < 15
     assert 0 <= out["startup/actor.engine_s"] < 0.1
+
+
+def test_the_end_of_run_memory_figures_skip_a_role_that_does_not_answer(one_logical_gpu, monkeypatch) -> None:
+    """Each role's peak comes from its ranks (0 GiB without a GPU); a role busy past the wait is left out of
+    the figures instead of holding the run's end."""
+    import rlhf.controllers.onpolicy as onpolicy
+    from rlhf.workers.group import ActorGroup
+
+    monkeypatch.setattr(onpolicy, "PEAK_MEMORY_WAIT_S", 2.0)
+    idle = ActorGroup("actor", _Slow, 1, gpus_per_worker=0, timeout_s=120)
+    busy = ActorGroup("critic", _Slow, 1, gpus_per_worker=0, timeout_s=120)
+    try:
+        assert idle.run("work", 0.0) == [0] and busy.run("work", 0.0) == [0]
+        busy.submit("work", 30.0)  # the rank's one thread is taken: the figure's call waits behind it
+        started = time.time()
+        assert onpolicy._peak_memory({"actor": idle, "critic": busy}) == {"memory/actor_peak_alloc_gib": 0.0}
+        assert time.time() - started < 15
+    finally:
+        idle.shutdown()
+        busy.shutdown()
